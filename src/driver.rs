@@ -1,1 +1,170 @@
-//! TODO
+//! The async driver of one session: reads both legs, feeds the pure
+//! [`Session`], and carries out its actions. This is the only place where a
+//! session meets sockets, TLS handshakes, timers and the clock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::leg::Leg;
+use crate::session::{Action, Failure, RcptCheck, Session, Verdict};
+
+/// Read buffer per leg.
+const READ_BUF: usize = 64 * 1024;
+
+/// Decides, per recipient, whether a RCPT goes upstream. The limits engine
+/// plugs in here.
+pub trait RcptPolicy: Send + Sync {
+    fn check(&self, check: &RcptCheck) -> Verdict;
+}
+
+/// The policy that refuses nothing.
+#[derive(Debug, Default)]
+pub struct AcceptAll;
+
+impl RcptPolicy for AcceptAll {
+    fn check(&self, _: &RcptCheck) -> Verdict {
+        Verdict::Accept
+    }
+}
+
+/// What the driver needs besides the two legs.
+pub struct DriverEnv {
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub upstream_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub tls_handshake: Duration,
+    pub policy: Arc<dyn RcptPolicy>,
+    /// Cancelled when mailbrake stops waiting for sessions to finish.
+    pub stop: CancellationToken,
+}
+
+/// The clock seam: the only clock read on a session's path.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Runs `session` until it closes. `initial` are actions to carry out first.
+pub async fn drive<C, U>(
+    session: &mut Session,
+    client: &mut Leg<C>,
+    upstream: &mut Leg<U>,
+    env: &DriverEnv,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut cbuf = vec![0u8; READ_BUF];
+    let mut ubuf = vec![0u8; READ_BUF];
+    let mut pending: VecDeque<Action> = VecDeque::new();
+    loop {
+        // Carry out every action, in order.
+        let mut wrote_client = false;
+        let mut wrote_upstream = false;
+        while let Some(action) = pending.pop_front() {
+            match action {
+                Action::ToClient(bytes) => {
+                    wrote_client = true;
+                    if client.write_all(&bytes).await.is_err() {
+                        tracing::debug!("client gone while writing");
+                        return;
+                    }
+                }
+                Action::ToUpstream(bytes) => {
+                    wrote_upstream = true;
+                    if let Err(e) = upstream.write_all(&bytes).await {
+                        tracing::debug!(error = %e, "upstream write failed");
+                        pending.extend(session.on_upstream_eof(now()));
+                    }
+                }
+                Action::StartClientTls => {
+                    let _ = client.flush().await;
+                    wrote_client = false;
+                    let result = match &env.server_tls {
+                        Some(cfg) => handshake(client.accept_tls(cfg.clone()), env.tls_handshake)
+                            .await
+                            .map(|info| {
+                                tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
+                            }),
+                        None => Err("no certificate configured".to_string()),
+                    };
+                    pending.extend(session.on_client_tls(result, now()));
+                }
+                Action::StartUpstreamTls => {
+                    let _ = upstream.flush().await;
+                    wrote_upstream = false;
+                    let result = match &env.upstream_tls {
+                        Some((cfg, name)) => {
+                            handshake(upstream.connect_tls(cfg.clone(), name.clone()), env.tls_handshake)
+                                .await
+                                .map(|info| {
+                                    tracing::info!(version = info.version, "upstream TLS established");
+                                })
+                        }
+                        None => Err("upstream TLS not configured".to_string()),
+                    };
+                    pending.extend(session.on_upstream_tls(result, now()));
+                }
+                Action::CheckRcpt(check) => {
+                    let verdict = env.policy.check(&check);
+                    pending.extend(session.on_rcpt_verdict(verdict, now()));
+                }
+                Action::Close => {
+                    let _ = client.flush().await;
+                    let _ = client.shutdown().await;
+                    // The upstream gets nothing more, not even a TLS
+                    // close_notify: an unfinished message stays unfinished.
+                    return;
+                }
+            }
+        }
+        if wrote_client && client.flush().await.is_err() {
+            return;
+        }
+        if wrote_upstream && upstream.flush().await.is_err() {
+            pending.extend(session.on_upstream_eof(now()));
+            continue;
+        }
+        if session.is_closed() {
+            return;
+        }
+        let deadline = session.deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = client.read(&mut cbuf), if session.wants_client_bytes() => {
+                pending.extend(match r {
+                    Ok(0) | Err(_) => session.on_client_eof(now()),
+                    Ok(n) => session.on_client_bytes(&cbuf[..n], now()),
+                });
+            }
+            r = upstream.read(&mut ubuf) => {
+                pending.extend(match r {
+                    Ok(0) | Err(_) => session.on_upstream_eof(now()),
+                    Ok(n) => session.on_upstream_bytes(&ubuf[..n], now()),
+                });
+            }
+            _ = sleep => pending.extend(session.on_timeout(now())),
+            _ = env.stop.cancelled() => {
+                pending.extend(session.on_failure(Failure::ShuttingDown));
+            }
+        }
+    }
+}
+
+async fn handshake<F, T>(fut: F, limit: Duration) -> Result<T, String>
+where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no handshake within {limit:?}")),
+    }
+}

@@ -1,1 +1,408 @@
-//! TODO
+//! Listeners and the accept loop: session limits, the inbound PROXY header
+//! from trusted peers, implicit TLS, dialling the upstream, then the driver.
+//! Also reload (SIGHUP: new settings for new sessions, live ones untouched)
+//! and drain (SIGTERM: stop accepting, let sessions finish, then close them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTarget, UpstreamTls};
+use crate::driver::{self, AcceptAll, DriverEnv, RcptPolicy};
+use crate::leg::Leg;
+use crate::proxy_protocol::{self, Inbound};
+use crate::session::{Failure, Session, SessionConfig};
+use crate::upstream::{self, ClientAddr, DialledAddr};
+
+/// Everything a listener needs for one session, rebuilt on reload.
+pub struct ListenerRuntime {
+    pub cfg: ListenerConfig,
+    pub session: Arc<SessionConfig>,
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    pub client_tls: Option<Arc<rustls::ClientConfig>>,
+    pub sessions: Arc<Semaphore>,
+    pub tls_handshake: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    /// Every listener's bind address, for loop detection.
+    pub binds: Arc<Vec<SocketAddr>>,
+}
+
+impl ListenerRuntime {
+    /// Loads certificates and builds the TLS configurations; errors name the
+    /// listener and the file.
+    pub fn build(config: &Config, l: &ListenerConfig) -> Result<Self, String> {
+        let server_tls = match l.tls {
+            ClientTls::None => None,
+            _ => Some(
+                crate::tls::server_config(&l.certs)
+                    .map_err(|e| format!("listener[{}]: {e}", l.name))?,
+            ),
+        };
+        let client_tls = match l.upstream_tls {
+            UpstreamTls::None => None,
+            _ => Some(
+                crate::tls::client_config(l.upstream_tls_verify, l.upstream_ca.as_deref())
+                    .map_err(|e| format!("listener[{}]: {e}", l.name))?,
+            ),
+        };
+        Ok(ListenerRuntime {
+            cfg: l.clone(),
+            session: Arc::new(SessionConfig {
+                hostname: config.server.hostname.clone(),
+                client_tls: l.tls,
+                allow_plaintext_auth: l.allow_plaintext_auth,
+                upstream_tls: l.upstream_tls,
+                xclient: l.xclient,
+                limits: config.session.clone(),
+                timeouts: config.timeouts,
+            }),
+            server_tls,
+            client_tls,
+            sessions: Arc::new(Semaphore::new(l.max_sessions.get())),
+            tls_handshake: config.timeouts.tls_handshake,
+            connect_timeout: config.timeouts.connect,
+            binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
+        })
+    }
+}
+
+/// Builds every listener's runtime, collecting all errors.
+pub fn build_all(config: &Config) -> Result<Vec<ListenerRuntime>, Vec<String>> {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for l in &config.listeners {
+        match ListenerRuntime::build(config, l) {
+            Ok(rt) => ok.push(rt),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() { Ok(ok) } else { Err(errors) }
+}
+
+/// A running listener's handle for reload.
+struct Running {
+    name: String,
+    bind: SocketAddr,
+    tx: watch::Sender<Arc<ListenerRuntime>>,
+}
+
+/// Runs mailbrake until SIGTERM/SIGINT; SIGHUP reloads `path`.
+pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    let runtimes = build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+    let accepting = CancellationToken::new();
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut running = Vec::new();
+    let policy: Arc<dyn RcptPolicy> = Arc::new(AcceptAll);
+    for rt in runtimes {
+        let listener = TcpListener::bind(rt.cfg.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("listener[{}]: cannot bind {}: {e}", rt.cfg.name, rt.cfg.bind))?;
+        tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = ?rt.cfg.tls, upstream = ?rt.cfg.upstream, "listening");
+        let (tx, rx) = watch::channel(Arc::new(rt));
+        running.push(Running {
+            name: rx.borrow().cfg.name.clone(),
+            bind: rx.borrow().cfg.bind,
+            tx,
+        });
+        tokio::spawn(accept_loop(
+            listener,
+            rx,
+            accepting.clone(),
+            stop.clone(),
+            tracker.clone(),
+            policy.clone(),
+        ));
+    }
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&path, &running),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    accepting.cancel();
+    tracker.close();
+    let drain = config.server.drain_timeout;
+    tracing::info!(sessions = tracker.len(), ?drain, "stopped accepting; draining sessions");
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(sessions = tracker.len(), "drain timeout: closing remaining sessions");
+        stop.cancel();
+        tracker.wait().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: reads the file again; new settings and certificates apply to new
+/// sessions. A listener added, removed or re-bound needs a restart.
+fn reload(path: &std::path::Path, running: &[Running]) {
+    let config = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    let runtimes = match build_all(&config) {
+        Ok(r) => r,
+        Err(errors) => {
+            tracing::error!("reload failed, keeping the running configuration: {}", errors.join("; "));
+            return;
+        }
+    };
+    for rt in runtimes {
+        match running.iter().find(|r| r.name == rt.cfg.name) {
+            Some(r) if r.bind == rt.cfg.bind => {
+                let _ = r.tx.send(Arc::new(rt));
+            }
+            Some(r) => tracing::warn!(listener = %r.name, old = %r.bind, new = %rt.cfg.bind, "bind address changed: needs a restart"),
+            None => tracing::warn!(listener = %rt.cfg.name, "new listener: needs a restart"),
+        }
+    }
+    for r in running {
+        if !config.listeners.iter().any(|l| l.name == r.name) {
+            tracing::warn!(listener = %r.name, "listener removed from the file: needs a restart");
+        }
+    }
+    tracing::info!(path = %path.display(), "configuration reloaded");
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A short session id, unique in this process and across restarts in practice.
+fn session_id() -> String {
+    let n = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() & 0xffff)
+        .unwrap_or(0);
+    format!("{boot:04x}{n:06x}")
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    rx: watch::Receiver<Arc<ListenerRuntime>>,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    policy: Arc<dyn RcptPolicy>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = accepting.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let rt = rx.borrow().clone();
+        let permit = rt.sessions.clone().try_acquire_owned().ok();
+        let span = tracing::info_span!("session", id = %session_id(), listener = %rt.cfg.name, client = %peer);
+        let env = DriverEnv {
+            server_tls: rt.server_tls.clone(),
+            upstream_tls: None,
+            tls_handshake: rt.tls_handshake,
+            policy: policy.clone(),
+            stop: stop.clone(),
+        };
+        tracker.spawn(
+            async move {
+                let _permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        let max = rt.cfg.max_sessions.get();
+                        refuse(stream, &Failure::TooManySessions(max), &rt.session.hostname).await;
+                        return;
+                    }
+                };
+                serve(stream, peer, rt, env).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Writes a failure's reply and closes.
+async fn refuse(mut stream: TcpStream, failure: &Failure, host: &str) {
+    tracing::warn!(fault = %failure.fault(), "{failure}");
+    if let Some(reply) = failure.reply(host) {
+        let _ = stream.write_all(&reply).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Reads a PROXY header from a trusted peer. Returns the client it names and
+/// any bytes read past the header (there should be none: the client waits
+/// for the greeting).
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+    limit: std::time::Duration,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), String> {
+    let mut buf = Vec::with_capacity(256);
+    let read = async {
+        loop {
+            match proxy_protocol::parse_inbound(&buf) {
+                Ok(Inbound::Incomplete) => {}
+                Ok(Inbound::Proxied {
+                    source,
+                    destination,
+                    consumed,
+                }) => return Ok((Some(source), Some(destination), consumed)),
+                Ok(Inbound::Local { consumed }) => return Ok((None, None, consumed)),
+                Err(e) => return Err(format!("bad PROXY header from a trusted peer: {e}")),
+            }
+            let mut byte = [0u8; 1];
+            // One byte at a time: nothing after the header may be consumed.
+            match stream.read(&mut byte).await {
+                Ok(0) => return Err("closed before the PROXY header ended".into()),
+                Ok(_) => buf.push(byte[0]),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok((src, dst, consumed))) => {
+            debug_assert_eq!(consumed, buf.len());
+            Ok((src, dst))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no PROXY header within {limit:?}")),
+    }
+}
+
+/// One accepted connection, from first byte to close.
+async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRuntime>, mut env: DriverEnv) {
+    let started = tokio::time::Instant::now();
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut client = ClientAddr(crate::orig_dst::normalize(peer));
+    let mut dialled = DialledAddr(local);
+    if proxy_protocol::is_trusted(peer.ip(), &rt.cfg.proxy_protocol_trusted) {
+        match read_proxy_header(&mut stream, rt.tls_handshake).await {
+            Ok((src, dst)) => {
+                if let Some(src) = src {
+                    client = ClientAddr(src);
+                    tracing::info!(proxied_client = %src, "PROXY header accepted");
+                }
+                if let Some(dst) = dst {
+                    dialled = DialledAddr(dst);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        }
+    }
+    let dest = match upstream::destination(&rt.cfg.upstream, &stream, peer) {
+        Ok(d) => d,
+        Err(f) => return refuse(stream, &f, &rt.session.hostname).await,
+    };
+    if let upstream::Destination::Addr(a) = &dest
+        && rt.cfg.upstream == UpstreamTarget::OriginalDestination
+    {
+        dialled = DialledAddr(*a);
+    }
+
+    let mut client_leg = Leg::Plain(stream);
+    if rt.cfg.tls == ClientTls::Implicit {
+        let Some(cfg) = rt.server_tls.clone() else { return };
+        match tokio::time::timeout(rt.tls_handshake, client_leg.accept_tls(cfg)).await {
+            Ok(Ok(info)) => tracing::info!(version = info.version, sni = ?info.sni, "client TLS established"),
+            Ok(Err(e)) => return tracing::info!(error = %e, "client TLS handshake failed"),
+            Err(_) => return tracing::info!("client TLS handshake timed out"),
+        }
+    }
+    tracing::info!(upstream = %dest, client = %client.0, "session start");
+
+    let host = rt.session.hostname.clone();
+    let tls_name = match &rt.client_tls {
+        None => None,
+        Some(cfg) => {
+            let name = rt.cfg.upstream_tls_name.clone().unwrap_or_else(|| match &dest {
+                upstream::Destination::Host { host, .. } => host.clone(),
+                upstream::Destination::Addr(a) => a.ip().to_string(),
+            });
+            match crate::tls::server_name(&name) {
+                Ok(n) => Some((cfg.clone(), n)),
+                Err(e) => {
+                    let f = Failure::UpstreamTls(e.to_string());
+                    return finish_early(client_leg, &f, &host).await;
+                }
+            }
+        }
+    };
+    env.upstream_tls = tls_name;
+
+    let mut up = match upstream::connect(&dest, local, &rt.binds, rt.connect_timeout).await {
+        Ok(s) => s,
+        Err(f) => return finish_early(client_leg, &f, &host).await,
+    };
+    if let Some(version) = rt.cfg.upstream_proxy_protocol
+        && let Err(f) = upstream::send_proxy_header(&mut up, version, client, dialled).await
+    {
+        return finish_early(client_leg, &f, &host).await;
+    }
+    let mut up_leg = Leg::Plain(up);
+    if rt.cfg.upstream_tls == UpstreamTls::Implicit {
+        let Some((cfg, name)) = env.upstream_tls.clone() else { return };
+        match tokio::time::timeout(rt.tls_handshake, up_leg.connect_tls(cfg, name)).await {
+            Ok(Ok(info)) => tracing::info!(version = info.version, "upstream TLS established"),
+            Ok(Err(e)) => {
+                let f = Failure::UpstreamTls(e.to_string());
+                return finish_early(client_leg, &f, &host).await;
+            }
+            Err(_) => {
+                let f = Failure::UpstreamTls("handshake timed out".into());
+                return finish_early(client_leg, &f, &host).await;
+            }
+        }
+    }
+    let now = tokio::time::Instant::now().into_std();
+    let mut session = Session::new(
+        rt.session.clone(),
+        client.0,
+        client_leg.is_tls(),
+        up_leg.is_tls(),
+        now,
+    );
+    driver::drive(&mut session, &mut client_leg, &mut up_leg, &env).await;
+    tracing::info!(
+        duration_ms = started.elapsed().as_millis() as u64,
+        user = %session.user().map_or("", |u| u.as_str()),
+        "session end"
+    );
+}
+
+/// The upstream could not be reached: tell the client and close.
+async fn finish_early(mut client: Leg<TcpStream>, failure: &Failure, host: &str) {
+    tracing::warn!(fault = %failure.fault(), "{failure}");
+    if let Some(reply) = failure.reply(host) {
+        let _ = client.write_all(&reply).await;
+        let _ = client.flush().await;
+    }
+    let _ = client.shutdown().await;
+}

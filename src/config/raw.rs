@@ -1,0 +1,110 @@
+//! The file as written: serde mirrors of the TOML, nothing checked yet.
+//!
+//! Every field is optional, and enums, durations, addresses and networks are
+//! kept as strings, so that serde fails only on syntax, unknown keys and wrong
+//! TOML types; `validate.rs` then checks every value and reports every problem
+//! together. `deny_unknown_fields` everywhere turns a typo into an error.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// `[[listener]]` tables, in file order.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub bind: Option<String>,
+}
+
+/// `[state]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub dir: Option<PathBuf>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub hostname: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub log_format: Option<String>,
+}
+
+/// `[session]`. Integers are `i64` (TOML's own type) so that a negative value
+/// is reported by validation, alongside every other problem.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSession {
+    pub max_line_length: Option<i64>,
+    pub max_auth_line_length: Option<i64>,
+    pub max_commands_without_mail: Option<i64>,
+    pub max_reply_bytes: Option<i64>,
+}
+
+/// `[timeouts]`, humantime strings such as `"30s"` or `"5m"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTimeouts {
+    pub connect: Option<String>,
+    pub tls_handshake: Option<String>,
+    pub client_command: Option<String>,
+    pub client_data: Option<String>,
+    pub upstream_greeting: Option<String>,
+    pub upstream_command: Option<String>,
+    pub upstream_data_init: Option<String>,
+    pub upstream_data_end: Option<String>,
+}
+
+/// One `[[listener]]`. Required keys are optional here too, so that a missing
+/// one is reported with the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub name: Option<String>,
+    pub bind: Option<String>,
+    pub tls: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(default)]
+    pub extra_certs: Vec<RawCertPair>,
+    pub allow_plaintext_auth: Option<bool>,
+    pub upstream: Option<String>,
+    pub upstream_tls: Option<String>,
+    pub upstream_tls_verify: Option<bool>,
+    pub upstream_ca: Option<PathBuf>,
+    pub upstream_tls_name: Option<String>,
+    pub upstream_proxy_protocol: Option<String>,
+    pub xclient: Option<bool>,
+    #[serde(default)]
+    pub proxy_protocol_trusted: Vec<String>,
+    pub max_sessions: Option<i64>,
+}
+
+/// One entry of `extra_certs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCertPair {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}

@@ -1,0 +1,404 @@
+//! The client side of a session: command lines, SASL responses, DATA and
+//! BDAT bodies, each read according to the current phase.
+
+use std::time::Instant;
+
+use smtp_proto::Request;
+
+use super::auth::{Mechanism, SaslExchange};
+use super::data::{DataScanner, Scan};
+use super::replies::{self, Failure};
+use super::reply::trim_eol;
+use super::{Action, Expect, Phase, RcptCheck, Session, Then, Transaction, Verdict, xclient};
+use crate::config::ClientTls;
+
+impl Session {
+    /// Processes as much of `input` as the current phase allows; returns the
+    /// number of bytes used. The rest waits in `inbuf`.
+    pub(super) fn process_client(&mut self, input: &[u8], now: Instant) -> usize {
+        let mut pos = 0;
+        while pos < input.len() && !self.client_blocked() {
+            let rest = &input[pos..];
+            let used = match &mut self.phase {
+                Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
+                    Some((used, Some(line))) => {
+                        self.bytes_after_line = rest.len() - used;
+                        if matches!(self.phase, Phase::AuthResponse) {
+                            self.on_sasl_line(line, now);
+                        } else {
+                            self.on_command(line, now);
+                        }
+                        used
+                    }
+                    Some((used, None)) => used,
+                    None => break,
+                },
+                Phase::Data(scanner) => {
+                    match scanner.scan(rest) {
+                        Scan::More { forward } => {
+                            self.body(b"", &rest[..forward]);
+                            rest.len()
+                        }
+                        Scan::End { end } => {
+                            let held = scanner.take_held();
+                            self.body(held, &rest[..end]);
+                            self.phase = Phase::Command;
+                            self.forward(b"", Expect::DataEnd, now);
+                            end
+                        }
+                        Scan::Smuggling => {
+                            self.fail(Failure::Smuggling);
+                            rest.len()
+                        }
+                    }
+                }
+                Phase::DiscardData(scanner) => match scanner.scan(rest) {
+                    Scan::End { end } => {
+                        self.phase = Phase::Command;
+                        end
+                    }
+                    Scan::More { .. } => rest.len(),
+                    Scan::Smuggling => {
+                        // Keep discarding up to a proper end of data.
+                        *scanner = DataScanner::new();
+                        rest.len()
+                    }
+                },
+                Phase::Bdat { remaining, forward } => {
+                    let n = rest.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    *remaining -= n as u64;
+                    let (done, forward) = (*remaining == 0, *forward);
+                    if forward {
+                        self.body(b"", &rest[..n]);
+                    }
+                    if done {
+                        self.phase = Phase::Command;
+                    }
+                    n
+                }
+                Phase::ClientTlsHandshake | Phase::Closed => rest.len(),
+                Phase::Setup => break,
+            };
+            pos += used;
+        }
+        pos
+    }
+
+    /// Splits off one line (LF-terminated). `None`: incomplete, wait for more.
+    /// `Some((used, None))`: bytes consumed without a line (an overlong line
+    /// being skipped).
+    fn take_line<'a>(&mut self, rest: &'a [u8]) -> Option<(usize, Option<&'a [u8]>)> {
+        let max = if matches!(self.phase, Phase::AuthResponse) {
+            self.cfg.limits.max_auth_line_length.get()
+        } else {
+            self.cfg.limits.max_line_length.get()
+        };
+        match memchr::memchr(b'\n', rest) {
+            Some(nl) if self.skipping_long_line => {
+                self.skipping_long_line = false;
+                Some((nl + 1, None))
+            }
+            Some(nl) if nl + 1 > max => {
+                self.local(replies::LINE_TOO_LONG, Then::Nothing);
+                Some((nl + 1, None))
+            }
+            Some(nl) => Some((nl + 1, Some(&rest[..=nl]))),
+            None if self.skipping_long_line => Some((rest.len(), None)),
+            None if rest.len() >= max => {
+                tracing::info!(max, "client line too long");
+                self.local(replies::LINE_TOO_LONG, Then::Nothing);
+                self.skipping_long_line = true;
+                Some((rest.len(), None))
+            }
+            None => None,
+        }
+    }
+
+    /// Forwards body bytes (DATA or BDAT) to the upstream.
+    fn body(&mut self, held: &[u8], bytes: &[u8]) {
+        if let Some(tx) = &mut self.tx {
+            tx.size += (held.len() + bytes.len()) as u64;
+        }
+        if !held.is_empty() {
+            self.to_upstream(held);
+        }
+        if !bytes.is_empty() {
+            self.to_upstream(bytes);
+        }
+    }
+
+    /// One SASL response line, forwarded unchanged and never logged.
+    fn on_sasl_line(&mut self, line: &[u8], now: Instant) {
+        let body = trim_eol(line);
+        if let Some(sasl) = &mut self.sasl {
+            sasl.on_response(body);
+        }
+        self.phase = Phase::Command;
+        self.sync = true;
+        self.forward_line(line, Expect::Auth, now);
+    }
+
+    /// Forwards a client line with its ending normalised to CRLF, so mailbrake
+    /// and the upstream always agree on where it ends.
+    fn forward_line(&mut self, line: &[u8], expect: Expect, now: Instant) {
+        if line.ends_with(b"\r\n") {
+            self.forward(line, expect, now);
+        } else {
+            let body = trim_eol(line);
+            self.to_upstream(body);
+            self.forward(b"\r\n", expect, now);
+        }
+    }
+
+    /// One command line from the client.
+    fn on_command(&mut self, line: &[u8], now: Instant) {
+        let body = trim_eol(line);
+        if body.contains(&b'\r') {
+            self.local(replies::BARE_CR, Then::Nothing);
+            self.count_command();
+            return;
+        }
+        let mut parse_buf;
+        let parsable: &[u8] = if line.ends_with(b"\r\n") {
+            line
+        } else {
+            parse_buf = body.to_vec();
+            parse_buf.extend_from_slice(b"\r\n");
+            &parse_buf
+        };
+        let request = match Request::parse(&mut parsable.iter()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(command = %command_for_log(body), "refused: {e:?}");
+                self.local(&replies::syntax(&e), Then::Nothing);
+                self.count_command();
+                return;
+            }
+        };
+        tracing::trace!(command = %command_for_log(body), "client");
+        let needs_greeting = matches!(
+            request,
+            Request::Mail { .. }
+                | Request::Rcpt { .. }
+                | Request::Data
+                | Request::Bdat { .. }
+                | Request::Auth { .. }
+                | Request::StartTls
+        );
+        if needs_greeting && !self.greeted {
+            self.local(replies::SEND_EHLO_FIRST, Then::Nothing);
+            self.count_command();
+            return;
+        }
+        match request {
+            Request::Ehlo { host } | Request::Helo { host } => {
+                let expect = if body[..4].eq_ignore_ascii_case(b"EHLO") {
+                    Expect::Ehlo
+                } else {
+                    Expect::Helo
+                };
+                self.greeted = true;
+                self.helo = Some(host.into_owned());
+                self.tx = None;
+                if self.count_command() {
+                    self.sync = true;
+                    self.send_helo(parsable, expect, now);
+                }
+            }
+            Request::Mail { from } => {
+                self.commands_without_mail = 0;
+                if self.tx.is_none() {
+                    self.tx = Some(Transaction {
+                        mail_from: from.address.into_owned(),
+                        ..Transaction::default()
+                    });
+                }
+                self.forward(parsable, Expect::Mail, now);
+            }
+            Request::Rcpt { to } => {
+                if let Some(tx) = &self.tx {
+                    self.pending_rcpt = Some(parsable.to_vec());
+                    self.actions.push(Action::CheckRcpt(RcptCheck {
+                        recipient: to.address.into_owned(),
+                        mail_from: tx.mail_from.clone(),
+                        user: self.user.clone(),
+                    }));
+                } else {
+                    // No transaction: the upstream answers 503 itself.
+                    self.forward(parsable, Expect::Rcpt, now);
+                }
+            }
+            Request::Data => {
+                if self.all_recipients_refused_locally() {
+                    self.local(replies::NO_VALID_RECIPIENTS, Then::Nothing);
+                    // A client that did not wait for 354 sent its body already.
+                    if self.bytes_after_line > 0 {
+                        self.phase = Phase::DiscardData(DataScanner::new());
+                    }
+                } else {
+                    self.sync = true;
+                    self.forward(parsable, Expect::Data, now);
+                }
+            }
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => {
+                let remaining = chunk_size as u64;
+                let refusal = if !self.upstream_chunking {
+                    Some(replies::BDAT_NOT_SUPPORTED)
+                } else if self.all_recipients_refused_locally() {
+                    Some(replies::NO_VALID_RECIPIENTS)
+                } else {
+                    None
+                };
+                match refusal {
+                    Some(text) => self.local(text, Then::Nothing),
+                    None => self.forward(parsable, Expect::Bdat { last: is_last }, now),
+                }
+                if remaining > 0 {
+                    self.phase = Phase::Bdat {
+                        remaining,
+                        forward: refusal.is_none(),
+                    };
+                }
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                if !self.client_tls && !self.cfg.allow_plaintext_auth {
+                    self.local(replies::AUTH_NEEDS_TLS, Then::Nothing);
+                    return;
+                }
+                let mech = Mechanism::from_smtp_proto(mechanism);
+                tracing::debug!(mechanism = mech.name(), "AUTH");
+                self.sasl = Some(SaslExchange::start(mech, initial_response.as_bytes()));
+                self.sync = true;
+                self.forward(parsable, Expect::Auth, now);
+            }
+            Request::StartTls => {
+                let text = if self.cfg.client_tls != ClientTls::StartTls {
+                    replies::STARTTLS_NOT_OFFERED
+                } else if self.client_tls {
+                    replies::STARTTLS_ALREADY
+                } else if self.tx.is_some() {
+                    replies::IN_TRANSACTION
+                } else {
+                    self.phase = Phase::ClientTlsHandshake;
+                    self.local(replies::STARTTLS_READY, Then::StartTls);
+                    return;
+                };
+                self.local(text, Then::Nothing);
+            }
+            Request::Rset => {
+                self.tx = None;
+                if self.count_command() {
+                    self.forward(parsable, Expect::Rset, now);
+                }
+            }
+            Request::Quit => {
+                self.sync = true;
+                self.forward(parsable, Expect::Quit, now);
+            }
+            Request::Noop { .. }
+            | Request::Vrfy { .. }
+            | Request::Expn { .. }
+            | Request::Help { .. }
+            | Request::Etrn { .. } => {
+                if self.count_command() {
+                    self.forward(parsable, Expect::Other, now);
+                }
+            }
+            Request::Lhlo { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.local(replies::NOT_IMPLEMENTED, Then::Nothing);
+                self.count_command();
+            }
+        }
+    }
+
+    /// Sends the client's HELO/EHLO, after an XCLIENT when that is on.
+    fn send_helo(&mut self, line: &[u8], expect: Expect, now: Instant) {
+        let support = match (&self.caps.xclient, self.cfg.xclient) {
+            (Some(args), true) => xclient::supported(args),
+            _ => {
+                self.forward(line, expect, now);
+                return;
+            }
+        };
+        let attrs = xclient::XclientAttrs {
+            addr: self.client.ip(),
+            port: self.client.port(),
+            name: None,
+            helo: self.helo.as_deref(),
+            login: self.user.as_ref().map(|u| u.as_str()),
+        };
+        let command = xclient::command(&attrs, &support);
+        self.pending_helo = Some((line.to_vec(), expect));
+        self.forward(&command, Expect::Xclient, now);
+    }
+
+    /// Applies the policy's verdict to the RCPT line that waited for it.
+    pub(super) fn apply_rcpt_verdict(&mut self, line: Vec<u8>, verdict: Verdict, now: Instant) {
+        let Some(tx) = &mut self.tx else {
+            return;
+        };
+        match verdict {
+            Verdict::Accept => {
+                tx.rcpt_forwarded += 1;
+                self.forward(&line, Expect::Rcpt, now);
+            }
+            Verdict::Refuse(text) => {
+                tx.rcpt_refused_locally += 1;
+                self.local(&text, Then::Nothing);
+            }
+        }
+    }
+
+    fn all_recipients_refused_locally(&self) -> bool {
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.rcpt_forwarded == 0 && tx.rcpt_refused_locally > 0)
+    }
+
+    /// Counts a command outside a transaction; too many ends the session
+    /// (and returns false).
+    fn count_command(&mut self) -> bool {
+        if self.tx.is_some() {
+            return true;
+        }
+        self.commands_without_mail += 1;
+        let max = self.cfg.limits.max_commands_without_mail.get();
+        if self.commands_without_mail > max {
+            self.fail(Failure::TooManyCommands(max));
+            return false;
+        }
+        true
+    }
+}
+
+/// A command line as it may appear in logs: AUTH arguments never do.
+fn command_for_log(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let upper = text.get(..4).map(str::to_ascii_uppercase);
+    if upper.as_deref() == Some("AUTH") {
+        let mech = text.split_whitespace().nth(1).unwrap_or("");
+        return format!("AUTH {mech} <redacted>");
+    }
+    text.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_for_log;
+
+    #[test]
+    fn auth_arguments_never_reach_logs() {
+        assert_eq!(
+            command_for_log(b"AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
+            "AUTH PLAIN <redacted>"
+        );
+        assert_eq!(command_for_log(b"auth login"), "AUTH login <redacted>");
+        assert_eq!(command_for_log(b"MAIL FROM:<a@b>"), "MAIL FROM:<a@b>");
+    }
+}

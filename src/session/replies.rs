@@ -1,0 +1,178 @@
+//! Every reply mailbrake writes itself, in one place, and the failures that
+//! end a session with the party at fault. Everything else the client reads
+//! comes from the upstream, byte for byte.
+
+use std::fmt;
+
+/// Whose fault a failure was: the split a proxy's operator needs first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client misbehaved or went away.
+    Client,
+    /// The upstream MTA failed or misbehaved.
+    Upstream,
+    /// mailbrake itself (configuration, capacity, shutdown).
+    Internal,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::Client => "client",
+            Fault::Upstream => "upstream",
+            Fault::Internal => "internal",
+        })
+    }
+}
+
+/// Why a session ends early. Each one gives the client a reply (or nothing,
+/// when the client is gone) and a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("upstream unreachable: {0}")]
+    UpstreamUnreachable(String),
+    #[error("upstream would loop back to mailbrake: {0}")]
+    UpstreamLoop(String),
+    #[error("TLS to the upstream failed: {0}")]
+    UpstreamTls(String),
+    #[error("upstream does not offer STARTTLS and upstream_tls = \"starttls\"")]
+    UpstreamNoStartTls,
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("upstream closed the connection")]
+    UpstreamClosed,
+    #[error("upstream protocol error: {0}")]
+    UpstreamProtocol(String),
+    #[error("client idle for {0:?}")]
+    ClientTimeout(std::time::Duration),
+    #[error("client disconnected in the middle of a message; upstream closed without end-of-data")]
+    ClientGoneMidData,
+    #[error("client sent more than {0} commands without a transaction")]
+    TooManyCommands(usize),
+    #[error("bare CR or LF next to a '.' line in DATA (SMTP smuggling)")]
+    Smuggling,
+    #[error("too many concurrent sessions on this listener ({0})")]
+    TooManySessions(usize),
+    #[error("mailbrake is shutting down")]
+    ShuttingDown,
+}
+
+impl Failure {
+    pub fn fault(&self) -> Fault {
+        use Failure::*;
+        match self {
+            UpstreamUnreachable(_) | UpstreamTls(_) | UpstreamNoStartTls | UpstreamTimeout(_)
+            | UpstreamClosed | UpstreamProtocol(_) => Fault::Upstream,
+            ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling => Fault::Client,
+            UpstreamLoop(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
+        }
+    }
+
+    /// The reply the client gets before the connection closes, if any.
+    pub fn reply(&self, host: &str) -> Option<Vec<u8>> {
+        use Failure::*;
+        let text = match self {
+            UpstreamUnreachable(_) => {
+                format!("421 4.4.1 {host} mail server unreachable, try again later")
+            }
+            UpstreamLoop(_) => {
+                format!("421 4.3.5 {host} proxy misconfigured (mail loop), try again later")
+            }
+            UpstreamTls(_) | UpstreamNoStartTls => {
+                format!("421 4.7.0 {host} cannot secure the connection to the mail server, try again later")
+            }
+            UpstreamTimeout(_) => {
+                format!("421 4.4.2 {host} mail server timed out, try again later")
+            }
+            UpstreamClosed | UpstreamProtocol(_) => {
+                format!("421 4.4.2 {host} lost the connection to the mail server, try again later")
+            }
+            ClientTimeout(_) => format!("421 4.4.2 {host} Error: timeout exceeded"),
+            ClientGoneMidData => return None,
+            TooManyCommands(_) => format!("421 4.7.0 {host} Error: too many commands"),
+            Smuggling => format!(
+                "554 5.5.2 {host} Error: bare <CR> or <LF> next to a '.' line; \
+                 message refused, nothing delivered"
+            ),
+            TooManySessions(_) => {
+                format!("421 4.7.0 {host} Error: too many connections, try again later")
+            }
+            ShuttingDown => format!("421 4.3.2 {host} shutting down, try again later"),
+        };
+        Some(line(&text))
+    }
+}
+
+/// A one-line reply with its CRLF.
+pub fn line(text: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(text.len() + 2);
+    v.extend_from_slice(text.as_bytes());
+    v.extend_from_slice(b"\r\n");
+    v
+}
+
+pub const STARTTLS_READY: &str = "220 2.0.0 Ready to start TLS";
+pub const STARTTLS_NOT_OFFERED: &str = "502 5.5.1 Error: STARTTLS not available";
+pub const STARTTLS_ALREADY: &str = "503 5.5.1 Error: TLS already active";
+pub const IN_TRANSACTION: &str = "503 5.5.1 Error: MAIL transaction in progress";
+pub const SEND_EHLO_FIRST: &str = "503 5.5.1 Error: send HELO/EHLO first";
+pub const AUTH_NEEDS_TLS: &str = "530 5.7.0 Must issue a STARTTLS command first";
+pub const NO_VALID_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients";
+pub const BDAT_NOT_SUPPORTED: &str = "502 5.5.1 Error: BDAT not supported by this server";
+pub const NOT_RECOGNIZED: &str = "502 5.5.2 Error: command not recognized";
+pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented";
+pub const LINE_TOO_LONG: &str = "500 5.5.2 Error: line too long";
+pub const BARE_CR: &str = "500 5.5.2 Error: bare <CR> in command";
+
+/// The reply for a command smtp-proto could not parse.
+pub fn syntax(err: &smtp_proto::Error) -> String {
+    use smtp_proto::Error::*;
+    match err {
+        UnknownCommand => NOT_RECOGNIZED.to_string(),
+        InvalidSenderAddress => "501 5.1.7 Error: bad sender address syntax".into(),
+        InvalidRecipientAddress => "501 5.1.3 Error: bad recipient address syntax".into(),
+        SyntaxError { syntax } => format!("501 5.5.4 Syntax: {syntax}"),
+        InvalidParameter { param } => format!("501 5.5.4 Error: invalid parameter {param}"),
+        UnsupportedParameter { param } => {
+            let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
+            format!("555 5.5.4 Error: unsupported parameter {param}")
+        }
+        NeedsMoreData { .. } | ResponseTooLong | InvalidResponse { .. } => {
+            "500 5.5.2 Error: syntax error".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_reply_is_one_well_formed_line() {
+        let all = [
+            Failure::UpstreamUnreachable("x".into()),
+            Failure::UpstreamLoop("x".into()),
+            Failure::UpstreamTls("x".into()),
+            Failure::UpstreamNoStartTls,
+            Failure::UpstreamTimeout(std::time::Duration::from_secs(1)),
+            Failure::UpstreamClosed,
+            Failure::UpstreamProtocol("x".into()),
+            Failure::ClientTimeout(std::time::Duration::from_secs(1)),
+            Failure::TooManyCommands(1),
+            Failure::Smuggling,
+            Failure::TooManySessions(1),
+            Failure::ShuttingDown,
+        ];
+        for f in all {
+            let r = f.reply("mb.example").unwrap();
+            let text = std::str::from_utf8(&r).unwrap();
+            assert!(text.ends_with("\r\n") && text.matches("\r\n").count() == 1, "{f:?}");
+            let code: u16 = text[..3].parse().unwrap();
+            assert!((400..600).contains(&code), "{f:?}");
+            assert_eq!(&text[3..4], " ");
+            // The enhanced code's class matches the basic code's.
+            assert_eq!(text.as_bytes()[4], text.as_bytes()[0], "{f:?}");
+        }
+        assert_eq!(Failure::ClientGoneMidData.reply("x"), None);
+    }
+}

@@ -1,0 +1,299 @@
+//! Shared pieces of the end-to-end tests: test certificates, a mailbrake
+//! process with its own config, a raw SMTP client, the recording upstream.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A self-signed certificate for `localhost` / 127.0.0.1, on disk and as rustls configs.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+    /// A client that trusts exactly this certificate.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+pub fn certs() -> Certs {
+    certs_for(&["localhost", "127.0.0.1"])
+}
+
+pub fn certs_for(names: &[&str]) -> Certs {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let der = ck.cert.der().clone();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key_der)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Certs {
+        dir,
+        cert,
+        key,
+        server: Arc::new(server),
+        client: Arc::new(client),
+    }
+}
+
+/// A free port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running mailbrake process.
+pub struct Mailbrake {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    log: Arc<Mutex<String>>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Mailbrake {
+    /// Starts mailbrake with `config` (TOML) and waits until it has logged
+    /// `listening` once per listener.
+    pub fn start(config: &str) -> Mailbrake {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mailbrake.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("MAILBRAKE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, lines) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                let _ = tx.send(line);
+            }
+        });
+        let mut mb = Mailbrake {
+            child,
+            dir,
+            config: path,
+            log,
+            lines,
+        };
+        let listeners = config.matches("[[listener]]").count();
+        for _ in 0..listeners {
+            mb.wait_log("listening");
+        }
+        mb
+    }
+
+    /// Waits (up to 20 s) for a log line containing `needle`; returns it.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within 20 s; log:\n{}", self.logs()),
+            }
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (up to 30 s) and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "mailbrake did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mailbrake {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A listener section for tests.
+pub fn listener(name: &str, port: u16, tls: &str, certs: Option<&Certs>, upstream: &str, extra: &str) -> String {
+    let cert = certs
+        .map(|c| format!("cert = {:?}\nkey = {:?}\n", c.cert, c.key))
+        .unwrap_or_default();
+    format!(
+        "[[listener]]\nname = {name:?}\nbind = \"127.0.0.1:{port}\"\ntls = {tls:?}\n{cert}upstream = {upstream:?}\n{extra}\n"
+    )
+}
+
+/// The top of a test config.
+pub fn base_config(dir: &Path) -> String {
+    format!(
+        "[server]\nhostname = \"mb.test\"\ndrain_timeout = \"5s\"\n[state]\ndir = {:?}\n",
+        dir.join("state")
+    )
+}
+
+/// A raw SMTP client for byte-level tests.
+pub struct Raw {
+    io: RawIo,
+    buf: Vec<u8>,
+}
+
+enum RawIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let s = TcpStream::connect(addr).await.unwrap();
+        Raw {
+            io: RawIo::Plain(s),
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn connect_tls(addr: SocketAddr, client: Arc<rustls::ClientConfig>) -> Raw {
+        let mut r = Raw::connect(addr).await;
+        r.tls(client).await;
+        r
+    }
+
+    pub async fn tls(&mut self, client: Arc<rustls::ClientConfig>) {
+        let RawIo::Plain(s) = std::mem::replace(&mut self.io, RawIo::Gone) else {
+            panic!("TLS twice")
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client).connect(name, s).await.unwrap();
+        self.io = RawIo::Tls(Box::new(tls));
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        match &mut self.io {
+            RawIo::Plain(s) => s.write_all(bytes).await.unwrap(),
+            RawIo::Tls(s) => {
+                s.write_all(bytes).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            RawIo::Gone => panic!("gone"),
+        }
+    }
+
+    /// Closes the write side (the client is done or vanishes).
+    pub async fn shutdown(&mut self) {
+        match &mut self.io {
+            RawIo::Plain(s) => s.shutdown().await.unwrap(),
+            RawIo::Tls(s) => s.shutdown().await.unwrap(),
+            RawIo::Gone => {}
+        }
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 65536];
+        let read = async {
+            match &mut self.io {
+                RawIo::Plain(s) => s.read(&mut tmp).await,
+                RawIo::Tls(s) => s.read(&mut tmp).await,
+                RawIo::Gone => Ok(0),
+            }
+        };
+        let n = tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("no reply within 20 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&tmp[..n]);
+        n > 0
+    }
+
+    /// The next whole reply (all lines), or `None` at end of stream.
+    pub async fn reply(&mut self) -> Option<String> {
+        let mut end = 0;
+        loop {
+            while let Some(nl) = self.buf[end..].iter().position(|&b| b == b'\n') {
+                let line = &self.buf[end..end + nl + 1];
+                end += nl + 1;
+                if line.get(3) != Some(&b'-') {
+                    let reply: Vec<u8> = self.buf.drain(..end).collect();
+                    return Some(String::from_utf8_lossy(&reply).into_owned());
+                }
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Sends `line` and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await.expect("connection closed")
+    }
+
+    /// Expects the connection to be closed by the other side (after any replies).
+    pub async fn closed(&mut self) -> String {
+        let mut rest = String::new();
+        while let Some(r) = self.reply().await {
+            rest.push_str(&r);
+        }
+        rest
+    }
+}
+
+/// Asserts that `reply` starts with `code`.
+#[track_caller]
+pub fn expect(reply: &str, code: &str) {
+    assert!(reply.starts_with(code), "expected {code}, got {reply:?}");
+}
