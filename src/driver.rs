@@ -34,7 +34,10 @@ impl RcptPolicy for AcceptAll {
 /// What the driver needs besides the two legs.
 pub struct DriverEnv {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
-    pub upstream_tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    pub upstream_tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     pub tls_handshake: Duration,
     pub policy: Arc<dyn RcptPolicy>,
     /// Cancelled when mailbrake stops waiting for sessions to finish.
@@ -96,13 +99,14 @@ pub async fn drive<C, U>(
                     let _ = upstream.flush().await;
                     wrote_upstream = false;
                     let result = match &env.upstream_tls {
-                        Some((cfg, name)) => {
-                            handshake(upstream.connect_tls(cfg.clone(), name.clone()), env.tls_handshake)
-                                .await
-                                .map(|info| {
-                                    tracing::info!(version = info.version, "upstream TLS established");
-                                })
-                        }
+                        Some((cfg, name)) => handshake(
+                            upstream.connect_tls(cfg.clone(), name.clone()),
+                            env.tls_handshake,
+                        )
+                        .await
+                        .map(|info| {
+                            tracing::info!(version = info.version, "upstream TLS established");
+                        }),
                         None => Err("upstream TLS not configured".to_string()),
                     };
                     pending.extend(session.on_upstream_tls(result, now()));

@@ -31,15 +31,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Leg<T> {
     }
 
     /// TLS as server (client leg: STARTTLS or implicit TLS).
-    pub async fn accept_tls(
-        &mut self,
-        config: Arc<rustls::ServerConfig>,
-    ) -> io::Result<TlsInfo> {
+    pub async fn accept_tls(&mut self, config: Arc<rustls::ServerConfig>) -> io::Result<TlsInfo> {
         let plain = self.take_plain()?;
-        let stream = tokio_rustls::TlsAcceptor::from(config).accept(plain).await?;
+        let stream = tokio_rustls::TlsAcceptor::from(config)
+            .accept(plain)
+            .await?;
         let (_, conn) = stream.get_ref();
         let info = TlsInfo {
-            version: conn.protocol_version().map_or("?", crate::tls::version_name),
+            version: conn
+                .protocol_version()
+                .map_or("?", crate::tls::version_name),
             sni: conn.server_name().map(str::to_owned),
         };
         *self = Leg::Tls(Box::new(TlsStream::Server(stream)));
@@ -58,7 +59,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Leg<T> {
             .await?;
         let (_, conn) = stream.get_ref();
         let info = TlsInfo {
-            version: conn.protocol_version().map_or("?", crate::tls::version_name),
+            version: conn
+                .protocol_version()
+                .map_or("?", crate::tls::version_name),
             sni: None,
         };
         *self = Leg::Tls(Box::new(TlsStream::Client(stream)));
@@ -77,7 +80,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Leg<T> {
 }
 
 fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "leg closed after a failed TLS upgrade")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "leg closed after a failed TLS upgrade",
+    )
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Leg<T> {

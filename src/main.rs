@@ -43,9 +43,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match check(&config).and_then(|_| {
-                mailbrake::config::load(&config).map_err(|e| e.to_string())
-            }) {
+            let cfg = match check(&config)
+                .and_then(|_| mailbrake::config::load(&config).map_err(|e| e.to_string()))
+            {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -88,8 +88,13 @@ fn check(path: &std::path::Path) -> Result<usize, String> {
 
 fn init_logs(format: mailbrake::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MAILBRAKE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_env("MAILBRAKE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         mailbrake::config::LogFormat::Json => builder.json().init(),
         mailbrake::config::LogFormat::Text => builder.init(),

@@ -84,7 +84,11 @@ pub fn build_all(config: &Config) -> Result<Vec<ListenerRuntime>, Vec<String>> {
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() { Ok(ok) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(ok)
+    } else {
+        Err(errors)
+    }
 }
 
 /// A running listener's handle for reload.
@@ -103,9 +107,13 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut running = Vec::new();
     let policy: Arc<dyn RcptPolicy> = Arc::new(AcceptAll);
     for rt in runtimes {
-        let listener = TcpListener::bind(rt.cfg.bind)
-            .await
-            .map_err(|e| anyhow::anyhow!("listener[{}]: cannot bind {}: {e}", rt.cfg.name, rt.cfg.bind))?;
+        let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
+            anyhow::anyhow!(
+                "listener[{}]: cannot bind {}: {e}",
+                rt.cfg.name,
+                rt.cfg.bind
+            )
+        })?;
         tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = ?rt.cfg.tls, upstream = ?rt.cfg.upstream, "listening");
         let (tx, rx) = watch::channel(Arc::new(rt));
         running.push(Running {
@@ -137,9 +145,16 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     accepting.cancel();
     tracker.close();
     let drain = config.server.drain_timeout;
-    tracing::info!(sessions = tracker.len(), ?drain, "stopped accepting; draining sessions");
+    tracing::info!(
+        sessions = tracker.len(),
+        ?drain,
+        "stopped accepting; draining sessions"
+    );
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
-        tracing::warn!(sessions = tracker.len(), "drain timeout: closing remaining sessions");
+        tracing::warn!(
+            sessions = tracker.len(),
+            "drain timeout: closing remaining sessions"
+        );
         stop.cancel();
         tracker.wait().await;
     }
@@ -160,7 +175,10 @@ fn reload(path: &std::path::Path, running: &[Running]) {
     let runtimes = match build_all(&config) {
         Ok(r) => r,
         Err(errors) => {
-            tracing::error!("reload failed, keeping the running configuration: {}", errors.join("; "));
+            tracing::error!(
+                "reload failed, keeping the running configuration: {}",
+                errors.join("; ")
+            );
             return;
         }
     };
@@ -169,7 +187,9 @@ fn reload(path: &std::path::Path, running: &[Running]) {
             Some(r) if r.bind == rt.cfg.bind => {
                 let _ = r.tx.send(Arc::new(rt));
             }
-            Some(r) => tracing::warn!(listener = %r.name, old = %r.bind, new = %rt.cfg.bind, "bind address changed: needs a restart"),
+            Some(r) => {
+                tracing::warn!(listener = %r.name, old = %r.bind, new = %rt.cfg.bind, "bind address changed: needs a restart")
+            }
             None => tracing::warn!(listener = %rt.cfg.name, "new listener: needs a restart"),
         }
     }
@@ -291,7 +311,12 @@ async fn read_proxy_header(
 }
 
 /// One accepted connection, from first byte to close.
-async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRuntime>, mut env: DriverEnv) {
+async fn serve(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<ListenerRuntime>,
+    mut env: DriverEnv,
+) {
     let started = tokio::time::Instant::now();
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
@@ -329,9 +354,13 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRuntime>
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {
-        let Some(cfg) = rt.server_tls.clone() else { return };
+        let Some(cfg) = rt.server_tls.clone() else {
+            return;
+        };
         match tokio::time::timeout(rt.tls_handshake, client_leg.accept_tls(cfg)).await {
-            Ok(Ok(info)) => tracing::info!(version = info.version, sni = ?info.sni, "client TLS established"),
+            Ok(Ok(info)) => {
+                tracing::info!(version = info.version, sni = ?info.sni, "client TLS established")
+            }
             Ok(Err(e)) => return tracing::info!(error = %e, "client TLS handshake failed"),
             Err(_) => return tracing::info!("client TLS handshake timed out"),
         }
@@ -342,10 +371,14 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRuntime>
     let tls_name = match &rt.client_tls {
         None => None,
         Some(cfg) => {
-            let name = rt.cfg.upstream_tls_name.clone().unwrap_or_else(|| match &dest {
-                upstream::Destination::Host { host, .. } => host.clone(),
-                upstream::Destination::Addr(a) => a.ip().to_string(),
-            });
+            let name = rt
+                .cfg
+                .upstream_tls_name
+                .clone()
+                .unwrap_or_else(|| match &dest {
+                    upstream::Destination::Host { host, .. } => host.clone(),
+                    upstream::Destination::Addr(a) => a.ip().to_string(),
+                });
             match crate::tls::server_name(&name) {
                 Ok(n) => Some((cfg.clone(), n)),
                 Err(e) => {
@@ -368,7 +401,9 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: Arc<ListenerRuntime>
     }
     let mut up_leg = Leg::Plain(up);
     if rt.cfg.upstream_tls == UpstreamTls::Implicit {
-        let Some((cfg, name)) = env.upstream_tls.clone() else { return };
+        let Some((cfg, name)) = env.upstream_tls.clone() else {
+            return;
+        };
         match tokio::time::timeout(rt.tls_handshake, up_leg.connect_tls(cfg, name)).await {
             Ok(Ok(info)) => tracing::info!(version = info.version, "upstream TLS established"),
             Ok(Err(e)) => {

@@ -52,7 +52,9 @@ pub fn destination(
         UpstreamTarget::OriginalDestination => orig_dst::original_destination(socket, peer)
             .map(|a| Destination::Addr(orig_dst::normalize(a)))
             .map_err(|e| {
-                Failure::UpstreamUnreachable(format!("no original destination ({e}); is the REDIRECT rule in place?"))
+                Failure::UpstreamUnreachable(format!(
+                    "no original destination ({e}); is the REDIRECT rule in place?"
+                ))
             }),
     }
 }

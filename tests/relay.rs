@@ -11,10 +11,16 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-fn one_listener(tls: &str, certs: Option<&Certs>, upstream: std::net::SocketAddr, extra: &str) -> (String, u16) {
+fn one_listener(
+    tls: &str,
+    certs: Option<&Certs>,
+    upstream: std::net::SocketAddr,
+    extra: &str,
+) -> (String, u16) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let cfg = base_config(dir.path()) + &listener("l", port, tls, certs, &upstream.to_string(), extra);
+    let cfg =
+        base_config(dir.path()) + &listener("l", port, tls, certs, &upstream.to_string(), extra);
     (cfg, port)
 }
 
@@ -47,7 +53,8 @@ fn transport(port: u16, tls: Tls) -> lettre::transport::smtp::AsyncSmtpTransport
         .tls(tls)
 }
 
-const BODY: &str = "Line one\r\n.leading dot\r\n..two dots\r\n.\r\n8-bit: caf\u{e9} \u{2603}\r\nlast";
+const BODY: &str =
+    "Line one\r\n.leading dot\r\n..two dots\r\n.\r\n8-bit: caf\u{e9} \u{2603}\r\nlast";
 
 #[tokio::test]
 async fn lettre_relays_over_plain_starttls_and_implicit_tls() {
@@ -98,11 +105,17 @@ async fn auth_plain_and_login_success_and_failure() {
             .authentication(vec![mech])
             .build();
         let err = bad.send(message("hi")).await.unwrap_err();
-        assert!(err.to_string().contains("535") || err.is_permanent(), "{err}");
+        assert!(
+            err.to_string().contains("535") || err.is_permanent(),
+            "{err}"
+        );
         mb.wait_log("authentication failed");
     }
     let logs = mb.logs();
-    assert!(!logs.contains("secret") && !logs.contains("wrong-password"), "a password reached the logs");
+    assert!(
+        !logs.contains("secret") && !logs.contains("wrong-password"),
+        "a password reached the logs"
+    );
     assert!(!logs.contains("AGFsaWNl"), "an AUTH blob reached the logs");
 }
 
@@ -119,13 +132,19 @@ async fn auth_before_tls_is_refused_and_hidden() {
     let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
     expect(&c.reply().await.unwrap(), "220 ");
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
     assert!(!ehlo.contains("XFORWARD"), "{ehlo}");
     expect(&c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==").await, "530 5.7.0");
     expect(&c.cmd("STARTTLS").await, "220 ");
     c.tls(certs.client.clone()).await;
     let ehlo = c.cmd("EHLO client.test").await;
-    assert!(ehlo.contains("AUTH PLAIN LOGIN\r\n") && !ehlo.contains("STARTTLS"), "{ehlo}");
+    assert!(
+        ehlo.contains("AUTH PLAIN LOGIN\r\n") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
     assert!(!ehlo.contains("-PLUS"), "{ehlo}");
     expect(&c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==").await, "235");
 }
@@ -182,13 +201,7 @@ async fn bdat_is_relayed_exactly() {
 
 #[tokio::test]
 async fn smuggling_sequences_deliver_nothing() {
-    let sequences: &[&[u8]] = &[
-        b"\n.\r\n",
-        b"\r\n.\n",
-        b"\n.\n",
-        b"\r.\r\n",
-        b"\r\n.\r",
-    ];
+    let sequences: &[&[u8]] = &[b"\n.\r\n", b"\r\n.\n", b"\n.\n", b"\r.\r\n", b"\r\n.\r"];
     for seq in sequences {
         let mut up = Upstream::start(Opts::default()).await;
         let (cfg, port) = one_listener("none", None, up.addr, "");
@@ -196,7 +209,8 @@ async fn smuggling_sequences_deliver_nothing() {
         let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
         c.reply().await.unwrap();
         c.cmd("EHLO c").await;
-        c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n").await;
+        c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+            .await;
         for _ in 0..3 {
             c.reply().await.unwrap();
         }
@@ -207,7 +221,10 @@ async fn smuggling_sequences_deliver_nothing() {
         let rest = c.closed().await;
         assert!(rest.starts_with("554 5.5.2"), "{seq:?}: {rest:?}");
         let seen = up.next_close().await;
-        assert!(up.messages.lock().unwrap().is_empty(), "{seq:?}: a message was delivered");
+        assert!(
+            up.messages.lock().unwrap().is_empty(),
+            "{seq:?}: a message was delivered"
+        );
         assert!(!String::from_utf8_lossy(&seen).contains("spoof"), "{seq:?}");
     }
 }
@@ -240,14 +257,19 @@ async fn client_gone_mid_data_stores_nothing() {
     let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
     c.reply().await.unwrap();
     c.cmd("EHLO c").await;
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n").await;
+    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+        .await;
     for _ in 0..3 {
         c.reply().await.unwrap();
     }
     c.send(b"Subject: cut\r\n\r\nhalf a message\r\n.").await;
     c.shutdown().await;
     let seen = up.next_close().await;
-    assert!(seen.ends_with(b"half a message\r\n."), "{:?}", String::from_utf8_lossy(&seen));
+    assert!(
+        seen.ends_with(b"half a message\r\n."),
+        "{:?}",
+        String::from_utf8_lossy(&seen)
+    );
     assert!(up.messages.lock().unwrap().is_empty());
 }
 
@@ -303,7 +325,8 @@ async fn ten_megabyte_message_is_byte_exact() {
     let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
     c.reply().await.unwrap();
     c.cmd("EHLO c").await;
-    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n").await;
+    c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+        .await;
     for _ in 0..3 {
         c.reply().await.unwrap();
     }
@@ -311,7 +334,7 @@ async fn ten_megabyte_message_is_byte_exact() {
     let mut body = Vec::with_capacity(10_500_000);
     let mut x: u32 = 12345;
     while body.len() < 10_000_000 {
-        if x % 7 == 0 {
+        if x.is_multiple_of(7) {
             body.extend_from_slice(b"..stuffed");
         }
         for i in 0..(x % 200) {

@@ -171,11 +171,33 @@ mod tests {
 
     #[test]
     fn reads_the_username_of_each_mechanism() {
-        let cases: Vec<(Mechanism, Vec<u8>, Vec<Vec<u8>>, Option<&str>)> = vec![
-            (Mechanism::Plain, b64(b"\0alice@example.com\0secret"), vec![], Some("alice@example.com")),
-            (Mechanism::Plain, vec![], vec![b64(b"admin\0bob\0pw")], Some("bob")),
-            (Mechanism::Login, vec![], vec![b64(b"carol"), b64(b"pw")], Some("carol")),
-            (Mechanism::Login, b64(b"dave"), vec![b64(b"pw")], Some("dave")),
+        // (mechanism, initial response, later responses, username)
+        type Case = (Mechanism, Vec<u8>, Vec<Vec<u8>>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (
+                Mechanism::Plain,
+                b64(b"\0alice@example.com\0secret"),
+                vec![],
+                Some("alice@example.com"),
+            ),
+            (
+                Mechanism::Plain,
+                vec![],
+                vec![b64(b"admin\0bob\0pw")],
+                Some("bob"),
+            ),
+            (
+                Mechanism::Login,
+                vec![],
+                vec![b64(b"carol"), b64(b"pw")],
+                Some("carol"),
+            ),
+            (
+                Mechanism::Login,
+                b64(b"dave"),
+                vec![b64(b"pw")],
+                Some("dave"),
+            ),
             (
                 Mechanism::CramMd5,
                 vec![],
@@ -194,7 +216,12 @@ mod tests {
                 vec![],
                 Some("grace@example.com"),
             ),
-            (Mechanism::Scram, b64(b"n,,n=h=2Ci,r=abc"), vec![], Some("h,i")),
+            (
+                Mechanism::Scram,
+                b64(b"n,,n=h=2Ci,r=abc"),
+                vec![],
+                Some("h,i"),
+            ),
             (Mechanism::Plain, b"!!notbase64".to_vec(), vec![], None),
             (Mechanism::Plain, b"=".to_vec(), vec![], None),
             (Mechanism::Other, b64(b"x"), vec![], None),

@@ -33,25 +33,23 @@ impl Session {
                     Some((used, None)) => used,
                     None => break,
                 },
-                Phase::Data(scanner) => {
-                    match scanner.scan(rest) {
-                        Scan::More { forward } => {
-                            self.body(b"", &rest[..forward]);
-                            rest.len()
-                        }
-                        Scan::End { end } => {
-                            let held = scanner.take_held();
-                            self.body(held, &rest[..end]);
-                            self.phase = Phase::Command;
-                            self.forward(b"", Expect::DataEnd, now);
-                            end
-                        }
-                        Scan::Smuggling => {
-                            self.fail(Failure::Smuggling);
-                            rest.len()
-                        }
+                Phase::Data(scanner) => match scanner.scan(rest) {
+                    Scan::More { forward } => {
+                        self.body(b"", &rest[..forward]);
+                        rest.len()
                     }
-                }
+                    Scan::End { end } => {
+                        let held = scanner.take_held();
+                        self.body(held, &rest[..end]);
+                        self.phase = Phase::Command;
+                        self.forward(b"", Expect::DataEnd, now);
+                        end
+                    }
+                    Scan::Smuggling => {
+                        self.fail(Failure::Smuggling);
+                        rest.len()
+                    }
+                },
                 Phase::DiscardData(scanner) => match scanner.scan(rest) {
                     Scan::End { end } => {
                         self.phase = Phase::Command;
@@ -65,7 +63,9 @@ impl Session {
                     }
                 },
                 Phase::Bdat { remaining, forward } => {
-                    let n = rest.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    let n = rest
+                        .len()
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     *remaining -= n as u64;
                     let (done, forward) = (*remaining == 0, *forward);
                     if forward {
@@ -120,10 +120,10 @@ impl Session {
             tx.size += (held.len() + bytes.len()) as u64;
         }
         if !held.is_empty() {
-            self.to_upstream(held);
+            self.send_upstream(held);
         }
         if !bytes.is_empty() {
-            self.to_upstream(bytes);
+            self.send_upstream(bytes);
         }
     }
 
@@ -145,7 +145,7 @@ impl Session {
             self.forward(line, expect, now);
         } else {
             let body = trim_eol(line);
-            self.to_upstream(body);
+            self.send_upstream(body);
             self.forward(b"\r\n", expect, now);
         }
     }
@@ -321,11 +321,12 @@ impl Session {
     fn send_helo(&mut self, line: &[u8], expect: Expect, now: Instant) {
         let support = match (&self.caps.xclient, self.cfg.xclient) {
             (Some(args), true) => xclient::supported(args),
-            _ => {
-                self.forward(line, expect, now);
-                return;
-            }
+            _ => Default::default(),
         };
+        if !support.any() {
+            self.forward(line, expect, now);
+            return;
+        }
         let attrs = xclient::XclientAttrs {
             addr: self.client.ip(),
             port: self.client.port(),

@@ -117,7 +117,10 @@ mod tests {
 
     /// Feeds `input` in pieces split at `cut`, returning the bytes forwarded
     /// and the final outcome (`Some(end offset)`, `None` for more, `Err` for smuggling).
-    fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Result<Option<usize>, ()>) {
+    /// `Ok(Some(end))`, `Ok(None)` for more, `Err(())` for smuggling.
+    type Outcome = Result<Option<usize>, ()>;
+
+    fn run(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Outcome) {
         let mut s = DataScanner::new();
         let mut out = Vec::new();
         let mut start = 0;
@@ -143,7 +146,7 @@ mod tests {
 
     #[test]
     fn finds_end_and_refuses_smuggling() {
-        let cases: &[(&[u8], Result<Option<usize>, ()>)] = &[
+        let cases: &[(&[u8], Outcome)] = &[
             (b"hello\r\n.\r\n", Ok(Some(10))),
             (b".\r\n", Ok(Some(3))),
             (b"a\r\n..\r\n.\r\nQUIT\r\n", Ok(Some(10))),
@@ -180,7 +183,12 @@ mod tests {
             let (whole_out, whole) = run(input, &[]);
             for cut in 0..=input.len() {
                 let (out, got) = run(input, &[cut]);
-                assert_eq!(got, whole, "cut {cut} of {:?}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    got,
+                    whole,
+                    "cut {cut} of {:?}",
+                    String::from_utf8_lossy(input)
+                );
                 if whole.is_ok() {
                     assert_eq!(out, whole_out, "cut {cut}");
                 }

@@ -179,7 +179,16 @@ mod tests {
         );
         assert_eq!(got, b"250 mx\r\n");
         let refused = reply(b"550 no\r\n");
-        assert_eq!(rewrite(&refused, Offer { starttls: true, auth: true }), b"550 no\r\n");
+        assert_eq!(
+            rewrite(
+                &refused,
+                Offer {
+                    starttls: true,
+                    auth: true
+                }
+            ),
+            b"550 no\r\n"
+        );
     }
 
     #[test]

@@ -462,7 +462,7 @@ impl Session {
         Some((self.last_client_activity + d, Failure::ClientTimeout(d)))
     }
 
-    fn to_client(&mut self, bytes: Vec<u8>) {
+    fn send_client(&mut self, bytes: Vec<u8>) {
         if let Some(Action::ToClient(buf)) = self.actions.last_mut() {
             buf.extend_from_slice(&bytes);
         } else {
@@ -470,7 +470,7 @@ impl Session {
         }
     }
 
-    fn to_upstream(&mut self, bytes: &[u8]) {
+    fn send_upstream(&mut self, bytes: &[u8]) {
         if let Some(Action::ToUpstream(buf)) = self.actions.last_mut() {
             buf.extend_from_slice(bytes);
         } else {
@@ -480,7 +480,7 @@ impl Session {
 
     /// Forwards a command and records the reply it is owed.
     fn forward(&mut self, line: &[u8], expect: Expect, now: Instant) {
-        self.to_upstream(line);
+        self.send_upstream(line);
         self.queue.push_back(Slot::Upstream { expect, since: now });
     }
 
@@ -499,7 +499,7 @@ impl Session {
             let Some(Slot::Local { reply, then }) = self.queue.pop_front() else {
                 unreachable!()
             };
-            self.to_client(reply);
+            self.send_client(reply);
             match then {
                 Then::Nothing => {}
                 Then::StartTls => self.actions.push(Action::StartClientTls),
@@ -519,7 +519,7 @@ impl Session {
         if !self.said_goodbye
             && let Some(reply) = failure.reply(&self.cfg.hostname)
         {
-            self.to_client(reply);
+            self.send_client(reply);
         }
         self.close();
     }
@@ -556,7 +556,10 @@ impl Session {
         if !self.client_eof || matches!(self.phase, Phase::Closed) {
             return;
         }
-        if matches!(self.phase, Phase::Data(_) | Phase::Bdat { forward: true, .. }) {
+        if matches!(
+            self.phase,
+            Phase::Data(_) | Phase::Bdat { forward: true, .. }
+        ) {
             // Never let the upstream see an end to a message the client did not finish.
             self.fail(Failure::ClientGoneMidData);
             return;

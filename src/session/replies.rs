@@ -61,8 +61,12 @@ impl Failure {
     pub fn fault(&self) -> Fault {
         use Failure::*;
         match self {
-            UpstreamUnreachable(_) | UpstreamTls(_) | UpstreamNoStartTls | UpstreamTimeout(_)
-            | UpstreamClosed | UpstreamProtocol(_) => Fault::Upstream,
+            UpstreamUnreachable(_)
+            | UpstreamTls(_)
+            | UpstreamNoStartTls
+            | UpstreamTimeout(_)
+            | UpstreamClosed
+            | UpstreamProtocol(_) => Fault::Upstream,
             ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling => Fault::Client,
             UpstreamLoop(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
@@ -79,7 +83,9 @@ impl Failure {
                 format!("421 4.3.5 {host} proxy misconfigured (mail loop), try again later")
             }
             UpstreamTls(_) | UpstreamNoStartTls => {
-                format!("421 4.7.0 {host} cannot secure the connection to the mail server, try again later")
+                format!(
+                    "421 4.7.0 {host} cannot secure the connection to the mail server, try again later"
+                )
             }
             UpstreamTimeout(_) => {
                 format!("421 4.4.2 {host} mail server timed out, try again later")
@@ -166,7 +172,10 @@ mod tests {
         for f in all {
             let r = f.reply("mb.example").unwrap();
             let text = std::str::from_utf8(&r).unwrap();
-            assert!(text.ends_with("\r\n") && text.matches("\r\n").count() == 1, "{f:?}");
+            assert!(
+                text.ends_with("\r\n") && text.matches("\r\n").count() == 1,
+                "{f:?}"
+            );
             let code: u16 = text[..3].parse().unwrap();
             assert!((400..600).contains(&code), "{f:?}");
             assert_eq!(&text[3..4], " ");

@@ -35,7 +35,13 @@ fn cfg() -> SessionConfig {
 impl T {
     fn new(cfg: SessionConfig) -> T {
         let now = Instant::now();
-        let s = Session::new(Arc::new(cfg), "192.0.2.7:4321".parse().unwrap(), false, false, now);
+        let s = Session::new(
+            Arc::new(cfg),
+            "192.0.2.7:4321".parse().unwrap(),
+            false,
+            false,
+            now,
+        );
         T {
             s,
             now,
@@ -126,7 +132,10 @@ fn relays_a_message_byte_for_byte() {
     t.client(b"RCPT TO:<b@y.test>\r\n");
     t.upstream(b"250 2.1.5 Ok\r\n");
     t.client(b"DATA\r\n");
-    assert_eq!(t.upstream_got(), "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+    assert_eq!(
+        t.upstream_got(),
+        "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n"
+    );
     t.upstream(b"354 End data with <CR><LF>.<CR><LF>\r\n");
     t.client(body.as_bytes());
     assert_eq!(t.upstream_got(), body);
@@ -156,7 +165,10 @@ fn pipelined_batch_keeps_reply_order_with_local_refusals() {
     );
     assert_eq!(t.client_got(), "", "nothing may overtake the MAIL reply");
     t.upstream(b"250 ok mail\r\n250 ok one\r\n");
-    assert_eq!(t.client_got(), "250 ok mail\r\n250 ok one\r\n450 4.7.1 limit\r\n");
+    assert_eq!(
+        t.client_got(),
+        "250 ok mail\r\n250 ok one\r\n450 4.7.1 limit\r\n"
+    );
     t.upstream(b"250 ok two\r\n354 go\r\n");
     assert_eq!(t.client_got(), "250 ok two\r\n354 go\r\n");
 }
@@ -201,8 +213,13 @@ fn ehlo_before_tls_hides_auth_and_offers_starttls() {
     let mut t = session();
     t.upstream(b"220 mx\r\n");
     t.client(b"EHLO c\r\n");
-    t.upstream(b"250-mx\r\n250-XCLIENT ADDR\r\n250-AUTH PLAIN SCRAM-SHA-256-PLUS\r\n250 8BITMIME\r\n");
-    assert_eq!(t.client_got(), "220 mx\r\n250-mx\r\n250-8BITMIME\r\n250 STARTTLS\r\n");
+    t.upstream(
+        b"250-mx\r\n250-XCLIENT ADDR\r\n250-AUTH PLAIN SCRAM-SHA-256-PLUS\r\n250 8BITMIME\r\n",
+    );
+    assert_eq!(
+        t.client_got(),
+        "220 mx\r\n250-mx\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
+    );
 }
 
 #[test]
@@ -210,7 +227,10 @@ fn auth_before_tls_is_refused_unless_allowed() {
     let mut t = session();
     t.greet();
     t.client(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
-    assert_eq!(t.client_got(), "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    assert_eq!(
+        t.client_got(),
+        "530 5.7.0 Must issue a STARTTLS command first\r\n"
+    );
     assert_eq!(t.upstream_got(), "");
 
     let mut t = T::new(SessionConfig {
@@ -298,7 +318,10 @@ fn upstream_421_is_relayed_once() {
     t.upstream(b"421 4.4.2 mx.test Error: timeout exceeded\r\n");
     let a = t.s.on_upstream_eof(t.now);
     t.apply(a);
-    assert_eq!(t.client_got(), "421 4.4.2 mx.test Error: timeout exceeded\r\n");
+    assert_eq!(
+        t.client_got(),
+        "421 4.4.2 mx.test Error: timeout exceeded\r\n"
+    );
     assert!(t.closed);
 }
 
@@ -310,7 +333,10 @@ fn timeouts_for_idle_client_and_slow_upstream() {
     t.advance(limit - Duration::from_secs(1));
     assert!(!t.closed);
     t.advance(Duration::from_secs(1));
-    assert_eq!(t.client_got(), "421 4.4.2 mb.test Error: timeout exceeded\r\n");
+    assert_eq!(
+        t.client_got(),
+        "421 4.4.2 mb.test Error: timeout exceeded\r\n"
+    );
     assert!(t.closed);
 
     let mut t = session();
@@ -323,7 +349,10 @@ fn timeouts_for_idle_client_and_slow_upstream() {
     assert!(!t.closed);
     t.advance(Duration::from_secs(1));
     assert!(t.closed);
-    assert!(t.client_got().ends_with("421 4.4.2 mb.test mail server timed out, try again later\r\n"));
+    assert!(
+        t.client_got()
+            .ends_with("421 4.4.2 mb.test mail server timed out, try again later\r\n")
+    );
 }
 
 #[test]
@@ -341,9 +370,17 @@ fn overlong_lines_get_500_and_the_session_goes_on() {
 fn local_refusals_for_unknown_and_identity_commands() {
     let mut t = session();
     t.greet();
-    for cmd in ["XCLIENT ADDR=10.0.0.1\r\n", "XFORWARD ADDR=10.0.0.1\r\n", "FOO\r\n"] {
+    for cmd in [
+        "XCLIENT ADDR=10.0.0.1\r\n",
+        "XFORWARD ADDR=10.0.0.1\r\n",
+        "FOO\r\n",
+    ] {
         t.client(cmd.as_bytes());
-        assert_eq!(t.client_got(), "502 5.5.2 Error: command not recognized\r\n", "{cmd}");
+        assert_eq!(
+            t.client_got(),
+            "502 5.5.2 Error: command not recognized\r\n",
+            "{cmd}"
+        );
     }
     t.client(b"MAIL FROM:<a@x> FOO=BAR\r\n");
     assert!(t.client_got().starts_with("555 5.5.4"));
@@ -477,7 +514,8 @@ fn client_half_close_after_pipelining_still_gets_replies() {
 
 #[test]
 fn every_split_of_a_pipelined_session_gives_the_same_bytes() {
-    let client: &[u8] = b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n";
+    let client: &[u8] =
+        b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n";
     let mut reference: Option<(String, String)> = None;
     for cut in 0..=client.len() {
         let mut t = session();

@@ -61,15 +61,16 @@ impl Session {
             Expect::Ehlo => {
                 self.sync = false;
                 if reply.code == 250 {
-                    self.upstream_chunking = reply.texts().skip(1).any(|t| {
-                        t.len() >= 8 && t[..8].eq_ignore_ascii_case(b"CHUNKING")
-                    });
+                    self.upstream_chunking = reply
+                        .texts()
+                        .skip(1)
+                        .any(|t| t.len() >= 8 && t[..8].eq_ignore_ascii_case(b"CHUNKING"));
                 }
                 let offer = Offer {
                     starttls: self.cfg.client_tls == ClientTls::StartTls && !self.client_tls,
                     auth: self.client_tls || self.cfg.allow_plaintext_auth,
                 };
-                self.to_client(ehlo::rewrite(&reply, offer));
+                self.send_client(ehlo::rewrite(&reply, offer));
             }
             Expect::Helo | Expect::Quit => {
                 self.sync = false;
@@ -131,12 +132,12 @@ impl Session {
         if reply.code == 421 {
             return self.relay_goodbye(reply);
         }
-        self.to_client(reply.raw);
+        self.send_client(reply.raw);
     }
 
     /// A 421 means the upstream is closing: pass it on and close.
     fn relay_goodbye(&mut self, reply: Reply) {
-        self.to_client(reply.raw);
+        self.send_client(reply.raw);
         self.said_goodbye = true;
         self.close();
     }
@@ -215,14 +216,14 @@ impl Session {
         let positive = greeting.first() == Some(&b'2');
         self.phase = Phase::Command;
         if greeting.starts_with(b"421") {
-            self.to_client(greeting);
+            self.send_client(greeting);
             self.said_goodbye = true;
             self.close();
         } else {
             if !positive {
                 tracing::info!(greeting = %String::from_utf8_lossy(super::reply::trim_eol(&greeting)), "upstream refuses the session");
             }
-            self.to_client(greeting);
+            self.send_client(greeting);
         }
     }
 }

@@ -39,7 +39,8 @@ pub fn certs_for(names: &[&str]) -> Certs {
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let der = ck.cert.der().clone();
-    let key_der = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -84,10 +85,28 @@ impl Mailbrake {
     /// Starts mailbrake with `config` (TOML) and waits until it has logged
     /// `listening` once per listener.
     pub fn start(config: &str) -> Mailbrake {
+        Mailbrake::start_with(&[], config)
+    }
+
+    /// Like [`Mailbrake::start`], with the command prefixed by `prefix`
+    /// (e.g. `ip netns exec NAME`).
+    pub fn start_with(prefix: &[&str], config: &str) -> Mailbrake {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mailbrake.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+        let bin = env!("CARGO_BIN_EXE_mailbrake");
+        let (program, args) = match prefix.split_first() {
+            Some((p, rest)) => (
+                p.to_string(),
+                rest.iter()
+                    .map(|s| s.to_string())
+                    .chain([bin.to_string()])
+                    .collect(),
+            ),
+            None => (bin.to_string(), Vec::new()),
+        };
+        let mut child = Command::new(program)
+            .args(args)
             .args(["run", "-c"])
             .arg(&path)
             .env("MAILBRAKE_LOG", "debug")
@@ -129,7 +148,10 @@ impl Mailbrake {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within 20 s; log:\n{}", self.logs()),
+                Err(_) => panic!(
+                    "no log line with {needle:?} within 20 s; log:\n{}",
+                    self.logs()
+                ),
             }
         }
     }
@@ -154,7 +176,10 @@ impl Mailbrake {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "mailbrake did not exit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mailbrake did not exit"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -168,7 +193,14 @@ impl Drop for Mailbrake {
 }
 
 /// A listener section for tests.
-pub fn listener(name: &str, port: u16, tls: &str, certs: Option<&Certs>, upstream: &str, extra: &str) -> String {
+pub fn listener(
+    name: &str,
+    port: u16,
+    tls: &str,
+    certs: Option<&Certs>,
+    upstream: &str,
+    extra: &str,
+) -> String {
     let cert = certs
         .map(|c| format!("cert = {:?}\nkey = {:?}\n", c.cert, c.key))
         .unwrap_or_default();
@@ -217,7 +249,10 @@ impl Raw {
             panic!("TLS twice")
         };
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(client).connect(name, s).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, s)
+            .await
+            .unwrap();
         self.io = RawIo::Tls(Box::new(tls));
     }
 

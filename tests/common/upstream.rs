@@ -25,6 +25,8 @@ pub struct Opts {
     pub proxy_header: bool,
     /// Close the connection without a word when this command arrives.
     pub hang_up_on: Option<&'static str>,
+    /// Listen here instead of 127.0.0.1:0.
+    pub bind: Option<SocketAddr>,
 }
 
 /// One delivered message.
@@ -70,7 +72,8 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(opts: Opts) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = opts.bind.unwrap_or(([127, 0, 0, 1], 0).into());
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, events) = mpsc::unbounded_channel();
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -248,11 +251,11 @@ impl Conn {
             } else if upper.starts_with("AUTH") {
                 self.auth(&text).await?;
             } else if upper.starts_with("MAIL FROM:") {
-                from = text[10..].trim_matches(|c| c == '<' || c == '>' || c == ' ').to_string();
+                from = path(&text[10..]);
                 rcpts.clear();
                 self.send("250 2.1.0 Ok\r\n").await?;
             } else if upper.starts_with("RCPT TO:") {
-                let to = text[8..].trim_matches(|c| c == '<' || c == '>' || c == ' ').to_string();
+                let to = path(&text[8..]);
                 if to.starts_with("reject") {
                     self.send("550 5.1.1 No such user\r\n").await?;
                 } else {
@@ -261,7 +264,8 @@ impl Conn {
                 }
             } else if upper == "DATA" {
                 if rcpts.is_empty() {
-                    self.send("554 5.5.1 Error: no valid recipients\r\n").await?;
+                    self.send("554 5.5.1 Error: no valid recipients\r\n")
+                        .await?;
                     continue;
                 }
                 self.send("354 End data with <CR><LF>.<CR><LF>\r\n").await?;
@@ -290,7 +294,8 @@ impl Conn {
                     let wire = std::mem::take(&mut bdat);
                     self.deliver(&from, &rcpts, wire).await?;
                 } else {
-                    self.send(&format!("250 2.0.0 {size} bytes received\r\n")).await?;
+                    self.send(&format!("250 2.0.0 {size} bytes received\r\n"))
+                        .await?;
                 }
             } else if upper == "RSET" {
                 rcpts.clear();
@@ -301,13 +306,19 @@ impl Conn {
             } else if upper.starts_with("NOOP") {
                 self.send("250 2.0.0 Ok\r\n").await?;
             } else {
-                self.send("502 5.5.2 Error: command not recognized\r\n").await?;
+                self.send("502 5.5.2 Error: command not recognized\r\n")
+                    .await?;
             }
         }
         Ok(())
     }
 
-    async fn deliver(&mut self, from: &str, rcpts: &[String], wire: Vec<u8>) -> std::io::Result<()> {
+    async fn deliver(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        wire: Vec<u8>,
+    ) -> std::io::Result<()> {
         let m = Message {
             from: from.to_string(),
             rcpts: rcpts.to_vec(),
@@ -319,7 +330,8 @@ impl Conn {
             stored.len()
         };
         let _ = self.tx.send(Event::Message(m));
-        self.send(&format!("250 2.0.0 Ok: queued as TEST{n:04}\r\n")).await
+        self.send(&format!("250 2.0.0 Ok: queued as TEST{n:04}\r\n"))
+            .await
     }
 
     async fn auth(&mut self, line: &str) -> std::io::Result<()> {
@@ -361,12 +373,23 @@ impl Conn {
         if ok {
             self.send("235 2.7.0 Authentication successful\r\n").await
         } else {
-            self.send("535 5.7.8 Error: authentication failed\r\n").await
+            self.send("535 5.7.8 Error: authentication failed\r\n")
+                .await
         }
     }
 }
 
-async fn write_flush<S: AsyncWrite + AsyncRead + Unpin + ?Sized>(s: &mut S, b: &[u8]) -> std::io::Result<()> {
+/// The address inside `<...>`.
+fn path(arg: &str) -> String {
+    let start = arg.find('<').map_or(0, |i| i + 1);
+    let end = arg.find('>').unwrap_or(arg.len());
+    arg[start..end].to_string()
+}
+
+async fn write_flush<S: AsyncWrite + AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    b: &[u8],
+) -> std::io::Result<()> {
     s.write_all(b).await?;
     s.flush().await
 }
