@@ -114,7 +114,7 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
                 rt.cfg.bind
             )
         })?;
-        tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = ?rt.cfg.tls, upstream = ?rt.cfg.upstream, "listening");
+        tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = %rt.cfg.tls, upstream = %rt.cfg.upstream, "listening");
         let (tx, rx) = watch::channel(Arc::new(rt));
         running.push(Running {
             name: rx.borrow().cfg.name.clone(),

@@ -178,3 +178,25 @@ pub struct ListenerConfig {
     /// Concurrent sessions; one more gets `421` and is closed.
     pub max_sessions: NonZeroUsize,
 }
+
+impl std::fmt::Display for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientTls::None => "none",
+            ClientTls::StartTls => "starttls",
+            ClientTls::Implicit => "implicit",
+        })
+    }
+}
+
+impl std::fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamTarget::Fixed { host, port } if host.contains(':') => {
+                write!(f, "[{host}]:{port}")
+            }
+            UpstreamTarget::Fixed { host, port } => write!(f, "{host}:{port}"),
+            UpstreamTarget::OriginalDestination => f.write_str("original-destination"),
+        }
+    }
+}
