@@ -218,7 +218,7 @@ impl Session {
             Request::Rcpt { to } => {
                 if let Some(tx) = &self.tx {
                     self.pending_rcpt = Some(parsable.to_vec());
-                    self.actions.push(Action::CheckRcpt(RcptCheck {
+                    self.act(Action::CheckRcpt(RcptCheck {
                         recipient: to.address.into_owned(),
                         mail_from: tx.mail_from.clone(),
                         user: self.user.clone(),

@@ -462,7 +462,17 @@ impl Session {
         Some((self.last_client_activity + d, Failure::ClientTimeout(d)))
     }
 
+    /// Queues an action; nothing is done after [`Action::Close`].
+    fn act(&mut self, action: Action) {
+        if !self.is_closed() {
+            self.actions.push(action);
+        }
+    }
+
     fn send_client(&mut self, bytes: Vec<u8>) {
+        if self.is_closed() {
+            return;
+        }
         if let Some(Action::ToClient(buf)) = self.actions.last_mut() {
             buf.extend_from_slice(&bytes);
         } else {
@@ -471,6 +481,9 @@ impl Session {
     }
 
     fn send_upstream(&mut self, bytes: &[u8]) {
+        if self.is_closed() {
+            return;
+        }
         if let Some(Action::ToUpstream(buf)) = self.actions.last_mut() {
             buf.extend_from_slice(bytes);
         } else {
@@ -502,7 +515,7 @@ impl Session {
             self.send_client(reply);
             match then {
                 Then::Nothing => {}
-                Then::StartTls => self.actions.push(Action::StartClientTls),
+                Then::StartTls => self.act(Action::StartClientTls),
             }
         }
     }

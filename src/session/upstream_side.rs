@@ -39,7 +39,7 @@ impl Session {
             Expect::Probe => self.on_probe(reply, now),
             Expect::UpstreamStartTls => {
                 if reply.code == 220 {
-                    self.actions.push(Action::StartUpstreamTls);
+                    self.act(Action::StartUpstreamTls);
                 } else if self.cfg.upstream_tls == UpstreamTls::StartTls {
                     self.fail(Failure::UpstreamTls(format!(
                         "STARTTLS refused: {}",
