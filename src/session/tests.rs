@@ -624,7 +624,7 @@ fn chaos_over_an_smtp_alphabet() {
         let mut t = T::new(configs[round % 2].clone());
         t.refuse = Some("over");
         let mut sent = Vec::new();
-        if rng.next() % 10 != 0 {
+        if !rng.next().is_multiple_of(10) {
             t.upstream(b"220 mx\r\n");
             t.client(b"EHLO c\r\n");
             sent.extend_from_slice(b"EHLO c\r\n");
