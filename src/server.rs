@@ -182,9 +182,27 @@ fn reload(path: &std::path::Path, running: &[Running]) {
             return;
         }
     };
-    for rt in runtimes {
+    for mut rt in runtimes {
         match running.iter().find(|r| r.name == rt.cfg.name) {
             Some(r) if r.bind == rt.cfg.bind => {
+                // Keep counting live sessions against the same semaphore.
+                let old = r.tx.borrow().clone();
+                let (was, now) = (old.cfg.max_sessions.get(), rt.cfg.max_sessions.get());
+                if now > was {
+                    old.sessions.add_permits(now - was);
+                } else {
+                    // Permits held by live sessions are taken back as they end.
+                    let owed = (was - now) - old.sessions.forget_permits(was - now);
+                    if owed > 0 {
+                        let sessions = old.sessions.clone();
+                        tokio::spawn(async move {
+                            if let Ok(p) = sessions.acquire_many_owned(u32::try_from(owed).unwrap_or(u32::MAX)).await {
+                                p.forget();
+                            }
+                        });
+                    }
+                }
+                rt.sessions = old.sessions.clone();
                 let _ = r.tx.send(Arc::new(rt));
             }
             Some(r) => {
