@@ -62,6 +62,11 @@ pub async fn drive<C, U>(
     let mut cbuf = vec![0u8; READ_BUF];
     let mut ubuf = vec![0u8; READ_BUF];
     let mut pending: VecDeque<Action> = VecDeque::new();
+    // One timer for the whole session, moved only when the deadline changes.
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+    let timer = tokio::time::sleep_until(far());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         // Carry out every action, in order.
         let mut wrote_client = false;
@@ -135,12 +140,12 @@ pub async fn drive<C, U>(
             return;
         }
         let deadline = session.deadline();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
+        if deadline != armed {
+            armed = deadline;
+            timer
+                .as_mut()
+                .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
+        }
         tokio::select! {
             r = client.read(&mut cbuf), if session.wants_client_bytes() => {
                 pending.extend(match r {
@@ -154,7 +159,10 @@ pub async fn drive<C, U>(
                     Ok(n) => session.on_upstream_bytes(&ubuf[..n], now()),
                 });
             }
-            _ = sleep => pending.extend(session.on_timeout(now())),
+            _ = &mut timer => {
+                armed = None; // re-arm from the session's next deadline
+                pending.extend(session.on_timeout(now()));
+            }
             _ = env.stop.cancelled() => {
                 pending.extend(session.on_failure(Failure::ShuttingDown));
             }
