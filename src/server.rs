@@ -99,7 +99,7 @@ struct Running {
 }
 
 /// Runs mailbrake until SIGTERM/SIGINT; SIGHUP reloads `path`.
-pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let runtimes = build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     let accepting = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -137,7 +137,14 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&path, &running),
+            _ = hup.recv() => {
+                if let Some(new) = reload(&path, &running) {
+                    if new.server.log_format != config.server.log_format {
+                        tracing::warn!("log_format changed: needs a restart");
+                    }
+                    config.server.drain_timeout = new.server.drain_timeout;
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -163,13 +170,14 @@ pub async fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// SIGHUP: reads the file again; new settings and certificates apply to new
-/// sessions. A listener added, removed or re-bound needs a restart.
-fn reload(path: &std::path::Path, running: &[Running]) {
+/// sessions. A listener added, removed or re-bound needs a restart, and so
+/// does a new log format. Returns the new configuration if it was applied.
+fn reload(path: &std::path::Path, running: &[Running]) -> Option<Config> {
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("reload failed, keeping the running configuration: {e}");
-            return;
+            return None;
         }
     };
     let runtimes = match build_all(&config) {
@@ -179,7 +187,7 @@ fn reload(path: &std::path::Path, running: &[Running]) {
                 "reload failed, keeping the running configuration: {}",
                 errors.join("; ")
             );
-            return;
+            return None;
         }
     };
     for mut rt in runtimes {
@@ -196,7 +204,10 @@ fn reload(path: &std::path::Path, running: &[Running]) {
                     if owed > 0 {
                         let sessions = old.sessions.clone();
                         tokio::spawn(async move {
-                            if let Ok(p) = sessions.acquire_many_owned(u32::try_from(owed).unwrap_or(u32::MAX)).await {
+                            if let Ok(p) = sessions
+                                .acquire_many_owned(u32::try_from(owed).unwrap_or(u32::MAX))
+                                .await
+                            {
                                 p.forget();
                             }
                         });
@@ -217,6 +228,7 @@ fn reload(path: &std::path::Path, running: &[Running]) {
         }
     }
     tracing::info!(path = %path.display(), "configuration reloaded");
+    Some(config)
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -241,6 +253,7 @@ async fn accept_loop(
 ) {
     loop {
         let accepted = tokio::select! {
+            biased; // after SIGTERM, accept nothing more
             _ = accepting.cancelled() => return,
             r = listener.accept() => r,
         };

@@ -332,3 +332,33 @@ impl Raw {
 pub fn expect(reply: &str, code: &str) {
     assert!(reply.starts_with(code), "expected {code}, got {reply:?}");
 }
+
+impl Raw {
+    /// The client's own address: what the upstream sees in XCLIENT and PROXY headers.
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.io {
+            RawIo::Plain(s) => s.local_addr().unwrap(),
+            RawIo::Tls(s) => s.get_ref().0.local_addr().unwrap(),
+            RawIo::Gone => panic!("gone"),
+        }
+    }
+
+    /// Connects with TLS from the first byte, sending `sni` as the server
+    /// name and verifying the certificate against `client`'s roots and `sni`;
+    /// a failed handshake is returned, not a panic.
+    pub async fn try_connect_tls_as(
+        addr: SocketAddr,
+        client: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> std::io::Result<Raw> {
+        let s = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client)
+            .connect(name, s)
+            .await?;
+        Ok(Raw {
+            io: RawIo::Tls(Box::new(tls)),
+            buf: Vec::new(),
+        })
+    }
+}

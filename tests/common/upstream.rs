@@ -25,6 +25,9 @@ pub struct Opts {
     pub proxy_header: bool,
     /// Close the connection without a word when this command arrives.
     pub hang_up_on: Option<&'static str>,
+    /// Read this command (and everything after it) but never answer, until
+    /// the other side closes.
+    pub stall_on: Option<&'static str>,
     /// Listen here instead of 127.0.0.1:0.
     pub bind: Option<SocketAddr>,
 }
@@ -216,6 +219,12 @@ impl Conn {
             if let Some(h) = self.opts.hang_up_on
                 && upper.starts_with(h)
             {
+                return Ok(());
+            }
+            if let Some(s) = self.opts.stall_on
+                && upper.starts_with(s)
+            {
+                while self.read_more().await? {}
                 return Ok(());
             }
             if upper.starts_with("EHLO") {
