@@ -21,7 +21,8 @@ impl Session {
             let rest = &input[pos..];
             let used = match &mut self.phase {
                 Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
-                    Some((used, Some(line))) => {
+                    Line::Whole(line) => {
+                        let used = line.len();
                         self.bytes_after_line = rest.len() - used;
                         if matches!(self.phase, Phase::AuthResponse) {
                             self.on_sasl_line(line, now);
@@ -30,8 +31,19 @@ impl Session {
                         }
                         used
                     }
-                    Some((used, None)) => used,
-                    None => break,
+                    Line::TooLong(used) => {
+                        tracing::info!("client line too long");
+                        if matches!(self.phase, Phase::AuthResponse) {
+                            // The upstream waits for a SASL response: cancel
+                            // the exchange (RFC 4954 "*"); its reply goes back.
+                            self.on_sasl_line(b"*\r\n", now);
+                        } else {
+                            self.local(replies::LINE_TOO_LONG, Then::Nothing);
+                        }
+                        used
+                    }
+                    Line::Skipped(used) => used,
+                    Line::Incomplete => break,
                 },
                 Phase::Data(scanner) => match scanner.scan(rest) {
                     Scan::More { forward } => {
@@ -84,10 +96,8 @@ impl Session {
         pos
     }
 
-    /// Splits off one line (LF-terminated). `None`: incomplete, wait for more.
-    /// `Some((used, None))`: bytes consumed without a line (an overlong line
-    /// being skipped).
-    fn take_line<'a>(&mut self, rest: &'a [u8]) -> Option<(usize, Option<&'a [u8]>)> {
+    /// Splits off one line (LF-terminated), within the phase's length limit.
+    fn take_line<'a>(&mut self, rest: &'a [u8]) -> Line<'a> {
         let max = if matches!(self.phase, Phase::AuthResponse) {
             self.cfg.limits.max_auth_line_length.get()
         } else {
@@ -96,21 +106,16 @@ impl Session {
         match memchr::memchr(b'\n', rest) {
             Some(nl) if self.skipping_long_line => {
                 self.skipping_long_line = false;
-                Some((nl + 1, None))
+                Line::Skipped(nl + 1)
             }
-            Some(nl) if nl + 1 > max => {
-                self.local(replies::LINE_TOO_LONG, Then::Nothing);
-                Some((nl + 1, None))
-            }
-            Some(nl) => Some((nl + 1, Some(&rest[..=nl]))),
-            None if self.skipping_long_line => Some((rest.len(), None)),
+            Some(nl) if nl + 1 > max => Line::TooLong(nl + 1),
+            Some(nl) => Line::Whole(&rest[..=nl]),
+            None if self.skipping_long_line => Line::Skipped(rest.len()),
             None if rest.len() >= max => {
-                tracing::info!(max, "client line too long");
-                self.local(replies::LINE_TOO_LONG, Then::Nothing);
                 self.skipping_long_line = true;
-                Some((rest.len(), None))
+                Line::TooLong(rest.len())
             }
-            None => None,
+            None => Line::Incomplete,
         }
     }
 
@@ -376,6 +381,19 @@ impl Session {
         }
         true
     }
+}
+
+/// What [`Session::take_line`] found at the front of the client's input.
+enum Line<'a> {
+    /// A whole line, its LF included.
+    Whole(&'a [u8]),
+    /// The start of a line over the limit (the rest is skipped as it comes):
+    /// this many bytes consumed.
+    TooLong(usize),
+    /// More of an overlong line, consumed and dropped.
+    Skipped(usize),
+    /// No LF yet.
+    Incomplete,
 }
 
 /// A command line as it may appear in logs: AUTH arguments never do.

@@ -272,6 +272,27 @@ fn auth_login_continuations_and_failure() {
 }
 
 #[test]
+fn overlong_sasl_response_cancels_the_exchange() {
+    let mut t = T::new(SessionConfig {
+        allow_plaintext_auth: true,
+        ..cfg()
+    });
+    t.greet();
+    t.client(b"AUTH LOGIN\r\n");
+    t.upstream(b"334 VXNlcm5hbWU6\r\n");
+    t.upstream_got();
+    t.client(&vec![b'A'; 20_000]);
+    assert_eq!(t.upstream_got(), "*\r\n");
+    t.upstream(b"501 5.7.0 Authentication aborted\r\n");
+    t.client(b"AAAA\r\nNOOP\r\n");
+    assert_eq!(t.upstream_got(), "NOOP\r\n");
+    assert!(
+        t.client_got()
+            .ends_with("501 5.7.0 Authentication aborted\r\n")
+    );
+}
+
+#[test]
 fn smuggling_in_data_is_refused_and_never_ends_the_upstream_message() {
     let mut t = session();
     t.greet();
