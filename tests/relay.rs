@@ -235,9 +235,7 @@ async fn starttls_injection_is_discarded() {
     let mut up = Upstream::start(Opts::default()).await;
     let (cfg, port) = one_listener("starttls", Some(&certs), up.addr, "");
     let _mb = Mailbrake::start(&cfg);
-    let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
-    c.reply().await.unwrap();
-    c.cmd("EHLO c").await;
+    let mut c = Raw::greeted(port).await;
     c.send(b"STARTTLS\r\nMAIL FROM:<injected@evil>\r\n").await;
     expect(&c.reply().await.unwrap(), "220 2.0.0");
     c.tls(certs.client.clone()).await;
@@ -254,9 +252,7 @@ async fn client_gone_mid_data_stores_nothing() {
     let mut up = Upstream::start(Opts::default()).await;
     let (cfg, port) = one_listener("none", None, up.addr, "");
     let _mb = Mailbrake::start(&cfg);
-    let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
-    c.reply().await.unwrap();
-    c.cmd("EHLO c").await;
+    let mut c = Raw::greeted(port).await;
     c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
         .await;
     for _ in 0..3 {
@@ -296,9 +292,7 @@ async fn upstream_closing_mid_session_gives_421() {
     .await;
     let (cfg, port) = one_listener("none", None, up.addr, "");
     let _mb = Mailbrake::start(&cfg);
-    let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
-    c.reply().await.unwrap();
-    c.cmd("EHLO c").await;
+    let mut c = Raw::greeted(port).await;
     expect(&c.cmd("MAIL FROM:<a@x>").await, "250");
     c.send(b"RCPT TO:<b@y>\r\n").await;
     expect(&c.closed().await, "421 4.4.2");
@@ -309,9 +303,7 @@ async fn overlong_lines_are_refused_and_the_session_continues() {
     let up = Upstream::start(Opts::default()).await;
     let (cfg, port) = one_listener("none", None, up.addr, "");
     let _mb = Mailbrake::start(&cfg);
-    let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
-    c.reply().await.unwrap();
-    c.cmd("EHLO c").await;
+    let mut c = Raw::greeted(port).await;
     let long = format!("MAIL FROM:<{}@x>", "a".repeat(10_000));
     expect(&c.cmd(&long).await, "500 5.5.2");
     expect(&c.cmd("NOOP").await, "250");
@@ -322,9 +314,7 @@ async fn ten_megabyte_message_is_byte_exact() {
     let mut up = Upstream::start(Opts::default()).await;
     let (cfg, port) = one_listener("none", None, up.addr, "");
     let _mb = Mailbrake::start(&cfg);
-    let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
-    c.reply().await.unwrap();
-    c.cmd("EHLO c").await;
+    let mut c = Raw::greeted(port).await;
     c.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
         .await;
     for _ in 0..3 {

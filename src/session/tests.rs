@@ -107,6 +107,17 @@ impl T {
         self.apply(a);
     }
 
+    /// A pipelined MAIL, RCPT, DATA, answered 250, 250, 354; output drained.
+    fn open_data(&mut self) {
+        self.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+        self.upstream(b"250 ok\r\n250 ok\r\n354 go\r\n");
+        assert_eq!(
+            self.upstream_got(),
+            "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+        );
+        assert_eq!(self.client_got(), "250 ok\r\n250 ok\r\n354 go\r\n");
+    }
+
     /// Greeting and EHLO, with a typical Postfix capability list.
     fn greet(&mut self) {
         self.upstream(b"220 mx.test ESMTP\r\n");
@@ -296,10 +307,7 @@ fn overlong_sasl_response_cancels_the_exchange() {
 fn smuggling_in_data_is_refused_and_never_ends_the_upstream_message() {
     let mut t = session();
     t.greet();
-    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
-    t.upstream(b"250 ok\r\n250 ok\r\n354 go\r\n");
-    t.upstream_got();
-    t.client_got();
+    t.open_data();
     t.client(b"Subject: x\r\n\r\nhello\n.\r\nMAIL FROM:<spoof@bank>\r\n");
     assert!(t.closed);
     assert!(t.client_got().starts_with("554 5.5.2 "));
@@ -311,9 +319,7 @@ fn smuggling_in_data_is_refused_and_never_ends_the_upstream_message() {
 fn client_gone_mid_data_closes_without_end_of_data() {
     let mut t = session();
     t.greet();
-    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
-    t.upstream(b"250 ok\r\n250 ok\r\n354 go\r\n");
-    t.upstream_got();
+    t.open_data();
     t.client(b"Subject: x\r\n\r\npartial\r\n.\r");
     let a = t.s.on_client_eof(t.now);
     t.apply(a);
@@ -362,8 +368,7 @@ fn timeouts_for_idle_client_and_slow_upstream() {
 
     let mut t = session();
     t.greet();
-    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
-    t.upstream(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    t.open_data();
     t.client(b"body\r\n.\r\n");
     // Waiting for the end-of-data reply: the 10-minute timeout applies, not the client's.
     t.advance(Timeouts::default().upstream_data_end - Duration::from_secs(1));

@@ -238,6 +238,23 @@ impl Raw {
         }
     }
 
+    /// Connected to mailbrake on 127.0.0.1:`port`, greeting read, `EHLO c` done.
+    pub async fn greeted(port: u16) -> Raw {
+        let mut c = Raw::connect(([127, 0, 0, 1], port).into()).await;
+        expect(&c.reply().await.expect("no greeting"), "220");
+        expect(&c.cmd("EHLO c").await, "250");
+        c
+    }
+
+    /// Pipelines `MAIL FROM:<a@x>`, `RCPT TO:<b@y>`, `DATA` and expects 250, 250, 354.
+    pub async fn open_data(&mut self) {
+        self.send(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")
+            .await;
+        for code in ["250", "250", "354"] {
+            expect(&self.reply().await.expect("closed"), code);
+        }
+    }
+
     pub async fn connect_tls(addr: SocketAddr, client: Arc<rustls::ClientConfig>) -> Raw {
         let mut r = Raw::connect(addr).await;
         r.tls(client).await;
