@@ -39,6 +39,9 @@ pub struct DriverEnv {
         rustls::pki_types::ServerName<'static>,
     )>,
     pub tls_handshake: Duration,
+    /// Longest wait for a peer to take bytes written to it (a client that
+    /// never reads its replies must not hold a session forever).
+    pub write_timeout: Duration,
     pub policy: Arc<dyn RcptPolicy>,
     /// Cancelled when mailbrake stops waiting for sessions to finish.
     pub stop: CancellationToken,
@@ -75,14 +78,14 @@ pub async fn drive<C, U>(
             match action {
                 Action::ToClient(bytes) => {
                     wrote_client = true;
-                    if client.write_all(&bytes).await.is_err() {
-                        tracing::debug!("client gone while writing");
+                    if let Err(e) = bounded(client.write_all(&bytes), env.write_timeout).await {
+                        tracing::info!(error = %e, "client not reading; closing");
                         return;
                     }
                 }
                 Action::ToUpstream(bytes) => {
                     wrote_upstream = true;
-                    if let Err(e) = upstream.write_all(&bytes).await {
+                    if let Err(e) = bounded(upstream.write_all(&bytes), env.write_timeout).await {
                         tracing::debug!(error = %e, "upstream write failed");
                         pending.extend(session.on_upstream_eof(now()));
                     }
@@ -129,10 +132,10 @@ pub async fn drive<C, U>(
                 }
             }
         }
-        if wrote_client && client.flush().await.is_err() {
+        if wrote_client && bounded(client.flush(), env.write_timeout).await.is_err() {
             return;
         }
-        if wrote_upstream && upstream.flush().await.is_err() {
+        if wrote_upstream && bounded(upstream.flush(), env.write_timeout).await.is_err() {
             pending.extend(session.on_upstream_eof(now()));
             continue;
         }
@@ -168,6 +171,19 @@ pub async fn drive<C, U>(
             }
         }
     }
+}
+
+/// An I/O step that must finish within `limit`.
+async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
+    fut: F,
+    limit: Duration,
+) -> std::io::Result<()> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no progress within {limit:?}"),
+        ))
+    })
 }
 
 async fn handshake<F, T>(fut: F, limit: Duration) -> Result<T, String>

@@ -273,6 +273,7 @@ async fn accept_loop(
             server_tls: rt.server_tls.clone(),
             upstream_tls: None,
             tls_handshake: rt.tls_handshake,
+            write_timeout: rt.session.timeouts.client_command,
             policy: policy.clone(),
             stop: stop.clone(),
         };

@@ -386,3 +386,38 @@ async fn silent_upstream_times_out() {
         String::from_utf8_lossy(&seen)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_that_never_reads_is_closed() {
+    let mut up = Upstream::start(Opts::default()).await;
+    let (cfg, addr) = one_listener(up.addr, "[timeouts]\nclient_command = \"1s\"\n", "");
+    let mut mb = Mailbrake::start(&cfg);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Pipeline NOOPs inside a transaction (so no command limit applies) and
+    // never read a reply: mailbrake's writes to this client stall.
+    let batch = b"EHLO c\r\nMAIL FROM:<a@x>\r\n"
+        .iter()
+        .copied()
+        .chain(b"NOOP\r\n".repeat(10_000))
+        .collect::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut written = 0usize;
+        // Bounded: at most 1 GB, stops at the first error (mailbrake closed).
+        while written < 1 << 30 {
+            if stream.write_all(&batch).await.is_err() {
+                break;
+            }
+            written += batch.len();
+        }
+        written
+    });
+    let line = tokio::task::block_in_place(|| mb.wait_log("client not reading"));
+    assert!(line.contains("closing"), "{line}");
+    up.next_close().await;
+    let written = writer.await.unwrap();
+    assert!(
+        written < 1 << 30,
+        "mailbrake kept reading a client that never reads"
+    );
+}
