@@ -17,6 +17,9 @@ pub struct Config {
     pub session: SessionLimits,
     pub timeouts: Timeouts,
     pub listeners: Vec<ListenerConfig>,
+    pub limits: LimitsConfig,
+    pub vhosts: Vec<VhostConfig>,
+    pub protect: ProtectConfig,
 }
 
 /// `[admin]`: metrics and admin API (filled by later features).
@@ -197,6 +200,150 @@ impl std::fmt::Display for UpstreamTarget {
             }
             UpstreamTarget::Fixed { host, port } => write!(f, "{host}:{port}"),
             UpstreamTarget::OriginalDestination => f.write_str("original-destination"),
+        }
+    }
+}
+
+/// One `N/window` rule: at most `count` recipients in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rate {
+    pub count: u32,
+    pub window: Duration,
+}
+
+/// A limit: no limit at all, or every one of several rates at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    Unlimited,
+    /// Non-empty; at most one rate per window length.
+    Rates(Vec<Rate>),
+}
+
+/// What happens to a recipient over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    /// `450 4.7.1`: the client retries later.
+    Defer,
+    /// `550 5.7.1`.
+    Reject,
+    /// Accept, but log and count what would have been refused.
+    Observe,
+}
+
+/// One source of a sender's identity, tried in the configured order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    Auth,
+    Vhost,
+    Ip,
+}
+
+/// `[limits]` and `[[limits.override]]`.
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// The limit of every key without an override. Default `12/1h`.
+    pub default: Limit,
+    pub action: LimitAction,
+    /// Default auth, vhost, ip.
+    pub identity: Vec<IdentitySource>,
+    /// IPv6 sources are grouped by this prefix length. Default 64.
+    pub ipv6_prefix: u8,
+    /// Keyed by the full sender key text (`auth:alice@example.com`).
+    pub overrides: Vec<Override>,
+    /// AUTH usernames never limited.
+    pub exempt_users: Vec<String>,
+    /// Vhost names never limited.
+    pub exempt_vhosts: Vec<String>,
+    /// Client networks never limited (whatever the key).
+    pub exempt_networks: Vec<IpNet>,
+    /// Distinct MAIL FROM addresses per key allowed in a window; `None` = off.
+    /// Default `20/1h`.
+    pub rotation: Option<Rate>,
+    /// Refusals in `lock_window` after which a key is locked; `None` = never.
+    /// Default 50.
+    pub lock_after_refusals: Option<u32>,
+    /// Default 1h.
+    pub lock_window: Duration,
+    /// How long an automatic lock lasts; `None` = until an operator unlocks.
+    /// Default 24h.
+    pub lock_duration: Option<Duration>,
+    /// Who a locked sender should contact, named in the lock reply. Optional.
+    pub contact: Option<String>,
+}
+
+/// One `[[limits.override]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// The sender key exactly as logged: `auth:…`, `vhost:…`, `ip:…`.
+    pub key: String,
+    pub limit: Limit,
+}
+
+/// One `[[vhost]]`: a hosting customer recognised by source network or by
+/// the Unix user owning the connecting socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostConfig {
+    pub name: String,
+    pub networks: Vec<IpNet>,
+    /// Unix uids, user names already resolved to uids.
+    pub uids: Vec<u32>,
+}
+
+/// `[protect]`: short-term rate limits (GCRA via governor), not the hourly limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectConfig {
+    /// New connections per source address. Default `60/1m`; `None` = off.
+    pub connections_per_ip: Option<Rate>,
+    /// Failed AUTH per source address. Default `10/10m`.
+    pub auth_failures_per_ip: Option<Rate>,
+    /// Failed AUTH per username. Default `10/10m`.
+    pub auth_failures_per_user: Option<Rate>,
+    /// RCPT per key (burst smoothing). Default off.
+    pub rcpt_pace: Option<Rate>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            default: Limit::Rates(vec![Rate {
+                count: 12,
+                window: Duration::from_secs(3600),
+            }]),
+            action: LimitAction::Defer,
+            identity: vec![IdentitySource::Auth, IdentitySource::Vhost, IdentitySource::Ip],
+            ipv6_prefix: 64,
+            overrides: Vec::new(),
+            exempt_users: Vec::new(),
+            exempt_vhosts: Vec::new(),
+            exempt_networks: Vec::new(),
+            rotation: Some(Rate {
+                count: 20,
+                window: Duration::from_secs(3600),
+            }),
+            lock_after_refusals: Some(50),
+            lock_window: Duration::from_secs(3600),
+            lock_duration: Some(Duration::from_secs(24 * 3600)),
+            contact: None,
+        }
+    }
+}
+
+impl Default for ProtectConfig {
+    fn default() -> Self {
+        ProtectConfig {
+            connections_per_ip: Some(Rate {
+                count: 60,
+                window: Duration::from_secs(60),
+            }),
+            auth_failures_per_ip: Some(Rate {
+                count: 10,
+                window: Duration::from_secs(600),
+            }),
+            auth_failures_per_user: Some(Rate {
+                count: 10,
+                window: Duration::from_secs(600),
+            }),
+            rcpt_pace: None,
         }
     }
 }

@@ -84,6 +84,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         session,
         timeouts,
         listeners,
+        // Filled from [limits], [[vhost]] and [protect] (in progress).
+        limits: super::types::LimitsConfig::default(),
+        vhosts: Vec::new(),
+        protect: super::types::ProtectConfig::default(),
     })
 }
 
