@@ -10,23 +10,30 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::leg::Leg;
-use crate::session::{Action, Failure, RcptCheck, Session, Verdict};
+use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
 
 /// Read buffer per leg.
 const READ_BUF: usize = 64 * 1024;
 
-/// Decides, per recipient, whether a RCPT goes upstream. The limits engine
-/// plugs in here.
-pub trait RcptPolicy: Send + Sync {
-    fn check(&self, check: &RcptCheck) -> Verdict;
+/// Decides, per recipient, whether a RCPT goes upstream, and learns what
+/// became of the recipients it accepted. One per session; the limits plug in
+/// here.
+pub trait SessionPolicy: Send {
+    fn check_rcpt(&mut self, check: &RcptCheck) -> Verdict;
+    fn on_tx(&mut self, _event: TxEvent) {}
+    /// Whether this client (and `user`, when known) may try AUTH now.
+    fn check_auth(&mut self, _user: Option<&Username>) -> bool {
+        true
+    }
+    fn on_auth(&mut self, _user: Option<&Username>, _mechanism: Mechanism, _ok: bool) {}
 }
 
 /// The policy that refuses nothing.
 #[derive(Debug, Default)]
 pub struct AcceptAll;
 
-impl RcptPolicy for AcceptAll {
-    fn check(&self, _: &RcptCheck) -> Verdict {
+impl SessionPolicy for AcceptAll {
+    fn check_rcpt(&mut self, _: &RcptCheck) -> Verdict {
         Verdict::Accept
     }
 }
@@ -42,7 +49,6 @@ pub struct DriverEnv {
     /// Longest wait for a peer to take bytes written to it (a client that
     /// never reads its replies must not hold a session forever).
     pub write_timeout: Duration,
-    pub policy: Arc<dyn RcptPolicy>,
     /// Cancelled when mailbrake stops waiting for sessions to finish.
     pub stop: CancellationToken,
 }
@@ -57,6 +63,7 @@ pub async fn drive<C, U>(
     session: &mut Session,
     client: &mut Leg<C>,
     upstream: &mut Leg<U>,
+    policy: &mut dyn SessionPolicy,
     env: &DriverEnv,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -120,9 +127,19 @@ pub async fn drive<C, U>(
                     pending.extend(session.on_upstream_tls(result, now()));
                 }
                 Action::CheckRcpt(check) => {
-                    let verdict = env.policy.check(&check);
+                    let verdict = policy.check_rcpt(&check);
                     pending.extend(session.on_rcpt_verdict(verdict, now()));
                 }
+                Action::Tx(event) => policy.on_tx(event),
+                Action::CheckAuth(user) => {
+                    let allowed = policy.check_auth(user.as_ref());
+                    pending.extend(session.on_auth_verdict(allowed, now()));
+                }
+                Action::AuthResult {
+                    user,
+                    mechanism,
+                    ok,
+                } => policy.on_auth(user.as_ref(), mechanism, ok),
                 Action::Close => {
                     let _ = client.flush().await;
                     let _ = client.shutdown().await;

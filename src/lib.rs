@@ -11,18 +11,27 @@
 //! - [`upstream`]: choosing and dialling the upstream (fixed, or the original
 //!   destination of a REDIRECT), loop detection, the outbound PROXY header.
 //! - [`orig_dst`]: `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
+//! - [`owner`]: which local Unix user owns a connection's client socket
+//!   (netlink `sock_diag`, `/proc/net/tcp` as the fallback).
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, inbound (trusted peers only) and outbound.
 //! - [`tls`]: rustls configurations for both legs, certificates chosen by SNI.
 //! - [`server`]: listeners, the accept loop, session limits, reload and drain.
+//! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
+//! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
+//! - [`state`]: restoring and flushing the limits to the embedded database.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod driver;
 pub mod leg;
+pub mod limits;
 pub mod orig_dst;
+pub mod owner;
+pub mod protect;
 pub mod proxy_protocol;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod tls;
 pub mod upstream;

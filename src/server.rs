@@ -16,8 +16,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTarget, UpstreamTls};
-use crate::driver::{self, AcceptAll, DriverEnv, RcptPolicy};
+use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
+use crate::limits::enforce::Enforcer;
+use crate::limits::vhosts::Vhosts;
+use crate::limits::{Limiter, Policy, SystemClock};
+use crate::protect::Protect;
 use crate::proxy_protocol::{self, Inbound};
 use crate::session::{Failure, Session, SessionConfig};
 use crate::upstream::{self, ClientAddr, DialledAddr};
@@ -33,6 +37,7 @@ pub struct ListenerRuntime {
     pub connect_timeout: std::time::Duration,
     /// Every listener's bind address, for loop detection.
     pub binds: Arc<Vec<SocketAddr>>,
+    pub vhosts: Arc<Vhosts>,
 }
 
 impl ListenerRuntime {
@@ -70,6 +75,7 @@ impl ListenerRuntime {
             tls_handshake: config.timeouts.tls_handshake,
             connect_timeout: config.timeouts.connect,
             binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
+            vhosts: Arc::new(Vhosts::new(&config.vhosts)),
         })
     }
 }
@@ -105,7 +111,25 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut running = Vec::new();
-    let policy: Arc<dyn RcptPolicy> = Arc::new(AcceptAll);
+    let limiter = Arc::new(Limiter::new(
+        Policy::new(&config.limits),
+        Box::new(SystemClock),
+    ));
+    let protect = Arc::new(std::sync::RwLock::new(Arc::new(Protect::new(
+        &config.protect,
+    ))));
+    let pruner = {
+        let protect = protect.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                current(&protect).prune();
+            }
+        })
+    };
+    let keeper = crate::state::start(limiter.clone(), &config.state.dir)
+        .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
     for rt in runtimes {
         let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
             anyhow::anyhow!(
@@ -127,7 +151,8 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             accepting.clone(),
             stop.clone(),
             tracker.clone(),
-            policy.clone(),
+            limiter.clone(),
+            protect.clone(),
         ));
     }
 
@@ -139,6 +164,12 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 if let Some(new) = reload(&path, &running) {
+                    limiter.set_policy(&Policy::new(&new.limits));
+                    if new.protect != config.protect {
+                        *protect.write().unwrap_or_else(|e| e.into_inner()) =
+                            Arc::new(Protect::new(&new.protect));
+                        config.protect = new.protect.clone();
+                    }
                     if new.server.log_format != config.server.log_format {
                         tracing::warn!("log_format changed: needs a restart");
                     }
@@ -165,6 +196,8 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         stop.cancel();
         tracker.wait().await;
     }
+    pruner.abort();
+    keeper.stop();
     tracing::info!("stopped");
     Ok(())
 }
@@ -231,6 +264,13 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Option<Config> {
     Some(config)
 }
 
+/// A value replaced on reload and read by every new session.
+type Shared<T> = Arc<std::sync::RwLock<Arc<T>>>;
+
+fn current<T>(shared: &Shared<T>) -> Arc<T> {
+    shared.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// A short session id, unique in this process and across restarts in practice.
@@ -249,7 +289,8 @@ async fn accept_loop(
     accepting: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
-    policy: Arc<dyn RcptPolicy>,
+    limiter: Arc<Limiter>,
+    protect: Shared<Protect>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -267,14 +308,24 @@ async fn accept_loop(
             }
         };
         let rt = rx.borrow().clone();
+        let protect = current(&protect);
+        if !protect.allow_connection(peer.ip()) {
+            let host = rt.session.hostname.clone();
+            let span = tracing::info_span!("session", listener = %rt.cfg.name, client = %peer);
+            tokio::spawn(
+                async move { refuse(stream, &Failure::ConnectionRate, &host).await }
+                    .instrument(span),
+            );
+            continue;
+        }
         let permit = rt.sessions.clone().try_acquire_owned().ok();
-        let span = tracing::info_span!("session", id = %session_id(), listener = %rt.cfg.name, client = %peer);
+        let span = tracing::info_span!("session", id = %session_id(), listener = %rt.cfg.name, client = %peer, sender = tracing::field::Empty);
+        let limiter = limiter.clone();
         let env = DriverEnv {
             server_tls: rt.server_tls.clone(),
             upstream_tls: None,
             tls_handshake: rt.tls_handshake,
             write_timeout: rt.session.timeouts.client_command,
-            policy: policy.clone(),
             stop: stop.clone(),
         };
         tracker.spawn(
@@ -287,7 +338,7 @@ async fn accept_loop(
                         return;
                     }
                 };
-                serve(stream, peer, rt, env).await;
+                serve(stream, peer, rt, env, limiter, protect).await;
             }
             .instrument(span),
         );
@@ -348,6 +399,8 @@ async fn serve(
     peer: SocketAddr,
     rt: Arc<ListenerRuntime>,
     mut env: DriverEnv,
+    limiter: Arc<Limiter>,
+    protect: Arc<Protect>,
 ) {
     let started = tokio::time::Instant::now();
     let _ = stream.set_nodelay(true);
@@ -357,11 +410,13 @@ async fn serve(
     };
     let mut client = ClientAddr(crate::orig_dst::normalize(peer));
     let mut dialled = DialledAddr(local);
+    let mut proxied = false;
     if proxy_protocol::is_trusted(peer.ip(), &rt.cfg.proxy_protocol_trusted) {
         match read_proxy_header(&mut stream, rt.tls_handshake).await {
             Ok((src, dst)) => {
                 if let Some(src) = src {
                     client = ClientAddr(src);
+                    proxied = true;
                     tracing::info!(proxied_client = %src, "PROXY header accepted");
                 }
                 if let Some(dst) = dst {
@@ -382,6 +437,12 @@ async fn serve(
         && rt.cfg.upstream == UpstreamTarget::OriginalDestination
     {
         dialled = DialledAddr(*a);
+    }
+
+    let vhost = find_vhost(&rt.vhosts, client, dialled, proxied);
+    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost);
+    if let Some(key) = policy.key() {
+        tracing::Span::current().record("sender", tracing::field::display(&key));
     }
 
     let mut client_leg = Leg::Plain(stream);
@@ -456,12 +517,45 @@ async fn serve(
         up_leg.is_tls(),
         now,
     );
-    driver::drive(&mut session, &mut client_leg, &mut up_leg, &env).await;
+    driver::drive(
+        &mut session,
+        &mut client_leg,
+        &mut up_leg,
+        &mut policy,
+        &env,
+    )
+    .await;
     tracing::info!(
         duration_ms = started.elapsed().as_millis() as u64,
         user = %session.user().map_or("", |u| u.as_str()),
         "session end"
     );
+}
+
+/// The client's vhost: by the Unix user owning its socket (a local client;
+/// not for one named by a PROXY header), else by its network.
+fn find_vhost(
+    vhosts: &Vhosts,
+    client: ClientAddr,
+    dialled: DialledAddr,
+    proxied: bool,
+) -> Option<String> {
+    let uid = if vhosts.by_uid() && !proxied {
+        match crate::owner::socket_owner(client.0, dialled.0) {
+            Ok(uid) => Some(uid),
+            Err(e) => {
+                tracing::debug!(error = %e, "no local owner for this connection");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let vhost = vhosts.find(client.0.ip(), uid).map(str::to_owned);
+    if uid.is_some() || vhost.is_some() {
+        tracing::debug!(?uid, ?vhost, "vhost lookup");
+    }
+    vhost
 }
 
 /// The upstream could not be reached: tell the client and close.

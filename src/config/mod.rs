@@ -10,12 +10,16 @@
 mod raw;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;
 mod types;
 mod validate;
+mod validate_limits;
 
 use std::path::{Path, PathBuf};
 
 pub use types::*;
+pub use validate_limits::{parse_limit, parse_rate};
 
 /// The `path` reported when the text did not come from a file.
 const TEXT_PATH: &str = "<text>";

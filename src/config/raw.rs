@@ -26,6 +26,13 @@ pub(super) struct RawConfig {
     /// `[[listener]]` tables, in file order.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[[vhost]]` tables, in file order.
+    #[serde(default, rename = "vhost")]
+    pub vhosts: Vec<RawVhost>,
+    #[serde(default)]
+    pub protect: RawProtect,
 }
 
 /// `[admin]`.
@@ -107,4 +114,61 @@ pub(super) struct RawListener {
 pub(super) struct RawCertPair {
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+}
+
+/// `[limits]`. A limit may be a string or a list of strings, so limits are
+/// kept as TOML values and their type is checked by validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub default: Option<toml::Value>,
+    pub action: Option<String>,
+    /// `None` when absent, so that an empty list can be reported.
+    pub identity: Option<Vec<String>>,
+    pub ipv6_prefix: Option<i64>,
+    #[serde(default)]
+    pub exempt_users: Vec<String>,
+    #[serde(default)]
+    pub exempt_vhosts: Vec<String>,
+    #[serde(default)]
+    pub exempt_networks: Vec<String>,
+    pub rotation: Option<String>,
+    pub lock_after_refusals: Option<i64>,
+    pub lock_window: Option<String>,
+    pub lock_duration: Option<String>,
+    pub contact: Option<String>,
+    /// `[[limits.override]]` tables, in file order.
+    #[serde(default, rename = "override")]
+    pub overrides: Vec<RawOverride>,
+}
+
+/// One `[[limits.override]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOverride {
+    pub key: Option<String>,
+    pub limit: Option<toml::Value>,
+}
+
+/// One `[[vhost]]`. `uids` are `i64` so that a negative one is reported by validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVhost {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub uids: Vec<i64>,
+    #[serde(default)]
+    pub users: Vec<String>,
+}
+
+/// `[protect]`: each a rate such as `"60/1m"`, or `"off"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProtect {
+    pub connections_per_ip: Option<String>,
+    pub auth_failures_per_ip: Option<String>,
+    pub auth_failures_per_user: Option<String>,
+    pub rcpt_pace: Option<String>,
 }

@@ -9,16 +9,16 @@ use super::*;
 // === helpers ===
 
 /// The example file shipped in `config/`.
-const EXAMPLE: &str = include_str!("../../config/mailbrake.toml");
+pub(super) const EXAMPLE: &str = include_str!("../../config/mailbrake.toml");
 
 /// Placeholder certificate, key and CA files: validation only checks that
 /// they can be opened, never what they contain.
-struct Files {
-    dir: tempfile::TempDir,
+pub(super) struct Files {
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("certs")).expect("mkdir certs");
         for name in [
@@ -40,7 +40,7 @@ impl Files {
 
     /// `text` with every `"certs/…"` path made absolute inside the temp dir,
     /// so tests need not change the process's working directory.
-    fn rebase(&self, text: &str) -> String {
+    pub(super) fn rebase(&self, text: &str) -> String {
         text.replace(
             "\"certs/",
             &format!("\"{}/certs/", self.dir.path().display()),
@@ -49,12 +49,13 @@ impl Files {
 }
 
 /// A file with one listener made of `fields`.
-fn one_listener(fields: &str) -> String {
+pub(super) fn one_listener(fields: &str) -> String {
     format!("[[listener]]\n{fields}\n")
 }
 
 /// The keys every listener needs, for tests about the other keys.
-const BASE: &str = "name = \"l\"\nbind = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:10025\"";
+pub(super) const BASE: &str =
+    "name = \"l\"\nbind = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:10025\"";
 
 /// The only listener of a file that must be valid.
 fn listener_ok(text: &str) -> ListenerConfig {
@@ -64,7 +65,7 @@ fn listener_ok(text: &str) -> ListenerConfig {
 }
 
 /// The problems reported for a file that must be invalid.
-fn errors(text: &str) -> Vec<String> {
+pub(super) fn errors(text: &str) -> Vec<String> {
     match parse(text) {
         Err(ConfigError::Invalid { path, errors }) => {
             assert_eq!(path, Path::new("<text>"));
@@ -75,14 +76,14 @@ fn errors(text: &str) -> Vec<String> {
 }
 
 /// The single problem reported for a file that must be invalid.
-fn error(text: &str) -> String {
+pub(super) fn error(text: &str) -> String {
     let errors = errors(text);
     assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
     errors.into_iter().next().expect("one error")
 }
 
 /// The message of a file that serde must reject.
-fn syntax_error(text: &str) -> String {
+pub(super) fn syntax_error(text: &str) -> String {
     match parse(text) {
         Err(ConfigError::Syntax { path, message }) => {
             assert_eq!(path, Path::new("<text>"));
@@ -174,10 +175,10 @@ fn example_file_loads() {
     }
 }
 
-/// The commented-out examples in the file are valid too.
-#[test]
-fn example_file_commented_examples_load() {
-    let files = Files::new();
+/// The example file with every commented-out example line uncommented, but
+/// the alternative upstream (checked on its own), and with the example vhost
+/// user replaced by one every system has.
+pub(super) fn uncommented_example(files: &Files) -> String {
     let uncommented: Vec<&str> = EXAMPLE
         .lines()
         .map(|line| {
@@ -185,10 +186,21 @@ fn example_file_commented_examples_load() {
                 || line.starts_with("#    {");
             if is_example { &line[1..] } else { line }
         })
-        // The alternative upstream is checked on its own below.
         .filter(|line| !line.starts_with("upstream = \"original-destination\""))
         .collect();
-    let config = parse(&files.rebase(&uncommented.join("\n"))).unwrap_or_else(|e| panic!("{e}"));
+    let text = uncommented.join("\n");
+    assert!(
+        text.contains("users = [\"shop42\"]"),
+        "example vhost user moved"
+    );
+    files.rebase(&text.replace("users = [\"shop42\"]", "users = [\"root\"]"))
+}
+
+/// The commented-out examples in the file are valid too.
+#[test]
+fn example_file_commented_examples_load() {
+    let files = Files::new();
+    let config = parse(&uncommented_example(&files)).unwrap_or_else(|e| panic!("{e}"));
 
     let submission = &config.listeners[1];
     assert_eq!(submission.certs.len(), 2);

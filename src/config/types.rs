@@ -310,7 +310,11 @@ impl Default for LimitsConfig {
                 window: Duration::from_secs(3600),
             }]),
             action: LimitAction::Defer,
-            identity: vec![IdentitySource::Auth, IdentitySource::Vhost, IdentitySource::Ip],
+            identity: vec![
+                IdentitySource::Auth,
+                IdentitySource::Vhost,
+                IdentitySource::Ip,
+            ],
             ipv6_prefix: 64,
             overrides: Vec::new(),
             exempt_users: Vec::new(),

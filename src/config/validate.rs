@@ -3,7 +3,9 @@
 //! Each problem is one line, `key.path: what is wrong; what is allowed`, with
 //! listeners named `listener[NAME]` (or `listener[#N]`, counting from 1, when
 //! the name itself is unusable). No file is read; certificate, key and CA files
-//! are only opened to check that they exist and are readable.
+//! are only opened to check that they exist and are readable, and `[[vhost]]`
+//! user names are looked up in the user database. `[limits]`, `[[vhost]]` and
+//! `[protect]` are checked in `validate_limits.rs`.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -67,9 +69,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     let session = session(&mut p, raw.session);
     let timeouts = timeouts(&mut p, raw.timeouts);
     let listeners = listeners(&mut p, raw.listeners, admin.as_ref().map(|a| a.bind));
+    let policy = super::validate_limits::policy(&mut p, raw.limits, raw.vhosts, raw.protect);
 
-    let (Some(admin), Some(state), Some(server), Some(session), Some(timeouts), Some(listeners)) =
-        (admin, state, server, session, timeouts, listeners)
+    let (
+        Some(admin),
+        Some(state),
+        Some(server),
+        Some(session),
+        Some(timeouts),
+        Some(listeners),
+        Some(policy),
+    ) = (admin, state, server, session, timeouts, listeners, policy)
     else {
         debug_assert!(!p.0.is_empty(), "a section failed without saying why");
         return Err(p.0);
@@ -84,19 +94,18 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         session,
         timeouts,
         listeners,
-        // Filled from [limits], [[vhost]] and [protect] (in progress).
-        limits: super::types::LimitsConfig::default(),
-        vhosts: Vec::new(),
-        protect: super::types::ProtectConfig::default(),
+        limits: policy.limits,
+        vhosts: policy.vhosts,
+        protect: policy.protect,
     })
 }
 
 /// Problems found so far, each already formatted as `key: message`.
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(super) struct Problems(Vec<String>);
 
 impl Problems {
-    fn add(&mut self, key: impl Display, message: impl Display) {
+    pub(super) fn add(&mut self, key: impl Display, message: impl Display) {
         self.0.push(format!("{key}: {message}"));
     }
 }
@@ -559,7 +568,11 @@ fn host_port(host: &str, port: u16) -> String {
 // === values ===
 
 /// Reports `result`'s error under `key`.
-fn check<T>(p: &mut Problems, key: impl Display, result: Result<T, String>) -> Option<T> {
+pub(super) fn check<T>(
+    p: &mut Problems,
+    key: impl Display,
+    result: Result<T, String>,
+) -> Option<T> {
     result.map_err(|e| p.add(key, e)).ok()
 }
 
@@ -572,7 +585,7 @@ fn required<T>(p: &mut Problems, key: impl Display, value: Option<T>, hint: &str
 }
 
 /// One of a fixed set of words; the message lists the allowed ones.
-fn choice<T: Copy>(
+pub(super) fn choice<T: Copy>(
     p: &mut Problems,
     key: impl Display,
     value: Option<String>,
@@ -600,7 +613,7 @@ fn choice<T: Copy>(
 }
 
 /// A non-zero humantime duration such as `"30s"`, `"5m"` or `"1h 30m"`.
-fn duration(
+pub(super) fn duration(
     p: &mut Problems,
     key: impl Display,
     value: Option<String>,
@@ -756,9 +769,9 @@ fn upstream(value: &str) -> Result<UpstreamTarget, String> {
     }
 }
 
-/// An entry of `proxy_protocol_trusted`: a CIDR network or a bare address
+/// An entry of `proxy_protocol_trusted` (or another list of networks): a CIDR network or a bare address
 /// (a /32 or /128). Host bits below the prefix are cleared.
-fn network(value: &str) -> Result<IpNet, String> {
+pub(super) fn network(value: &str) -> Result<IpNet, String> {
     if let Ok(net) = value.parse::<IpNet>() {
         return Ok(net.trunc());
     }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use smtp_proto::Request;
 
-use super::auth::{Mechanism, SaslExchange};
+use super::auth::{Mechanism, SaslExchange, Username};
 use super::data::{DataScanner, Scan};
 use super::replies::{self, Failure};
 use super::reply::trim_eol;
@@ -135,12 +135,36 @@ impl Session {
     /// One SASL response line, forwarded unchanged and never logged.
     fn on_sasl_line(&mut self, line: &[u8], now: Instant) {
         let body = trim_eol(line);
+        let mut learnt = None;
         if let Some(sasl) = &mut self.sasl {
+            let before = sasl.username().is_some();
             sasl.on_response(body);
+            if !before {
+                learnt = sasl.username().cloned();
+            }
         }
         self.phase = Phase::Command;
         self.sync = true;
-        self.forward_line(line, Expect::Auth, now);
+        match learnt {
+            // The username just arrived: ask before it goes upstream.
+            Some(user) => self.check_auth(line, Some(user)),
+            None => self.forward_line(line, Expect::Auth, now),
+        }
+    }
+
+    /// Holds an AUTH line until the policy says this client and user may try.
+    fn check_auth(&mut self, line: &[u8], user: Option<Username>) {
+        self.pending_auth = Some(line.to_vec());
+        self.act(Action::CheckAuth(user));
+    }
+
+    /// The policy's answer to [`Action::CheckAuth`].
+    pub(super) fn apply_auth_verdict(&mut self, line: Vec<u8>, allowed: bool, now: Instant) {
+        if allowed {
+            self.forward_line(&line, Expect::Auth, now);
+        } else {
+            self.fail(Failure::AuthBlocked);
+        }
     }
 
     /// Forwards a client line with its ending normalised to CRLF, so mailbrake
@@ -212,13 +236,14 @@ impl Session {
             }
             Request::Mail { from } => {
                 self.commands_without_mail = 0;
-                if self.tx.is_none() {
+                let opens = self.tx.is_none();
+                if opens {
                     self.tx = Some(Transaction {
                         mail_from: from.address.into_owned(),
                         ..Transaction::default()
                     });
                 }
-                self.forward(parsable, Expect::Mail, now);
+                self.forward(parsable, Expect::Mail { opens }, now);
             }
             Request::Rcpt { to } => {
                 if let Some(tx) = &self.tx {
@@ -227,10 +252,11 @@ impl Session {
                         recipient: to.address.into_owned(),
                         mail_from: tx.mail_from.clone(),
                         user: self.user.clone(),
+                        first_in_transaction: tx.rcpt_forwarded + tx.rcpt_refused_locally == 0,
                     }));
                 } else {
                     // No transaction: the upstream answers 503 itself.
-                    self.forward(parsable, Expect::Rcpt, now);
+                    self.forward(parsable, Expect::Rcpt { checked: false }, now);
                 }
             }
             Request::Data => {
@@ -278,9 +304,11 @@ impl Session {
                 }
                 let mech = Mechanism::from_smtp_proto(mechanism);
                 tracing::debug!(mechanism = mech.name(), "AUTH");
-                self.sasl = Some(SaslExchange::start(mech, initial_response.as_bytes()));
+                let sasl = SaslExchange::start(mech, initial_response.as_bytes());
+                let user = sasl.username().cloned();
+                self.sasl = Some(sasl);
                 self.sync = true;
-                self.forward(parsable, Expect::Auth, now);
+                self.check_auth(parsable, user);
             }
             Request::StartTls => {
                 let text = if self.cfg.client_tls != ClientTls::StartTls {
@@ -352,7 +380,7 @@ impl Session {
         match verdict {
             Verdict::Accept => {
                 tx.rcpt_forwarded += 1;
-                self.forward(&line, Expect::Rcpt, now);
+                self.forward(&line, Expect::Rcpt { checked: true }, now);
             }
             Verdict::Refuse(text) => {
                 tx.rcpt_refused_locally += 1;

@@ -68,6 +68,17 @@ pub enum Action {
     StartUpstreamTls,
     /// Ask the recipient policy; answer with [`Session::on_rcpt_verdict`].
     CheckRcpt(RcptCheck),
+    /// Tell the recipient policy how its accepted recipients fared.
+    Tx(TxEvent),
+    /// May this client (and this user, when known) try AUTH now? Answer
+    /// with [`Session::on_auth_verdict`].
+    CheckAuth(Option<Username>),
+    /// An AUTH exchange ended: accepted by the upstream (`ok`) or not.
+    AuthResult {
+        user: Option<Username>,
+        mechanism: Mechanism,
+        ok: bool,
+    },
     /// Flush what was written to the client, then close both legs. The
     /// upstream gets nothing more: an unfinished message is never completed.
     Close,
@@ -82,6 +93,19 @@ pub struct RcptCheck {
     pub mail_from: String,
     /// The AUTH username, once the upstream accepted it.
     pub user: Option<Username>,
+    /// The first recipient of its transaction (the envelope sender is new).
+    pub first_in_transaction: bool,
+}
+
+/// What became of the recipients the policy accepted, in the order the
+/// upstream answered (so the policy can match them without ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxEvent {
+    /// The upstream answered the oldest accepted RCPT still unanswered.
+    RcptReply { accepted: bool },
+    /// The transaction ended: the message was accepted by the upstream
+    /// (`delivered`), or it was reset, refused, or abandoned.
+    End { delivered: bool },
 }
 
 /// The policy's answer for one recipient.
@@ -127,8 +151,14 @@ enum Expect {
     Xclient,
     Ehlo,
     Helo,
-    Mail,
-    Rcpt,
+    /// `opens`: this MAIL started the transaction (a nested one did not).
+    Mail {
+        opens: bool,
+    },
+    /// `checked`: the policy reserved this recipient.
+    Rcpt {
+        checked: bool,
+    },
     Data,
     DataEnd,
     Bdat {
@@ -197,6 +227,8 @@ pub struct Session {
     sync: bool,
     /// A RCPT line waiting for the policy's verdict.
     pending_rcpt: Option<Vec<u8>>,
+    /// An AUTH line waiting for the policy's verdict.
+    pending_auth: Option<Vec<u8>>,
     /// The client's HELO/EHLO line waiting for the XCLIENT reply.
     pending_helo: Option<(Vec<u8>, Expect)>,
     greeted: bool,
@@ -247,6 +279,7 @@ impl Session {
             upstream_chunking: false,
             sync: false,
             pending_rcpt: None,
+            pending_auth: None,
             pending_helo: None,
             greeted: false,
             helo: None,
@@ -377,6 +410,15 @@ impl Session {
         self.take_actions()
     }
 
+    /// The policy's verdict on the AUTH of the last [`Action::CheckAuth`].
+    pub fn on_auth_verdict(&mut self, allowed: bool, now: Instant) -> Vec<Action> {
+        if let Some(line) = self.pending_auth.take() {
+            self.apply_auth_verdict(line, allowed, now);
+        }
+        self.resume(now);
+        self.take_actions()
+    }
+
     /// Time passed; call at [`Session::deadline`].
     pub fn on_timeout(&mut self, now: Instant) -> Vec<Action> {
         if let Some((deadline, failure)) = self.next_timeout()
@@ -432,6 +474,7 @@ impl Session {
     fn client_blocked(&self) -> bool {
         self.sync
             || self.pending_rcpt.is_some()
+            || self.pending_auth.is_some()
             || self.pending_helo.is_some()
             || matches!(
                 self.phase,
@@ -452,7 +495,7 @@ impl Session {
             let d = expect.timeout(t);
             return Some((since + d, Failure::UpstreamTimeout(d)));
         }
-        if self.pending_rcpt.is_some() || self.client_eof {
+        if self.pending_rcpt.is_some() || self.pending_auth.is_some() || self.client_eof {
             return None;
         }
         let d = match self.phase {
@@ -581,7 +624,11 @@ impl Session {
             .queue
             .iter()
             .any(|s| matches!(s, Slot::Upstream { .. }));
-        if !waiting_upstream && self.pending_rcpt.is_none() && self.pending_helo.is_none() {
+        if !waiting_upstream
+            && self.pending_rcpt.is_none()
+            && self.pending_auth.is_none()
+            && self.pending_helo.is_none()
+        {
             tracing::debug!("client closed the connection");
             self.close();
         }

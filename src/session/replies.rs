@@ -53,6 +53,10 @@ pub enum Failure {
     Smuggling,
     #[error("too many concurrent sessions on this listener ({0})")]
     TooManySessions(usize),
+    #[error("too many new connections from this address")]
+    ConnectionRate,
+    #[error("too many failed AUTH attempts from this address or for this user")]
+    AuthBlocked,
     #[error("mailbrake is shutting down")]
     ShuttingDown,
 }
@@ -67,7 +71,8 @@ impl Failure {
             | UpstreamTimeout(_)
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
-            ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling => Fault::Client,
+            ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling
+            | ConnectionRate | AuthBlocked => Fault::Client,
             UpstreamLoop(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -104,6 +109,12 @@ impl Failure {
                 format!("421 4.7.0 {host} Error: too many connections, try again later")
             }
             ShuttingDown => format!("421 4.3.2 {host} shutting down, try again later"),
+            ConnectionRate => format!(
+                "421 4.7.0 {host} Error: too many connections from your address, try again later"
+            ),
+            AuthBlocked => {
+                format!("421 4.7.0 {host} Error: too many failed authentications, try again later")
+            }
         };
         Some(line(&text))
     }
@@ -168,6 +179,8 @@ mod tests {
             Failure::Smuggling,
             Failure::TooManySessions(1),
             Failure::ShuttingDown,
+            Failure::ConnectionRate,
+            Failure::AuthBlocked,
         ];
         for f in all {
             let r = f.reply("mb.example").unwrap();

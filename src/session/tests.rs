@@ -18,6 +18,10 @@ struct T {
     /// Recipients containing this text are refused by the policy.
     refuse: Option<&'static str>,
     checked: Vec<RcptCheck>,
+    tx_events: Vec<TxEvent>,
+    auth_results: Vec<bool>,
+    /// AUTH as this user is refused by the policy.
+    block_auth: Option<String>,
 }
 
 fn cfg() -> SessionConfig {
@@ -52,6 +56,9 @@ impl T {
             closed: false,
             refuse: None,
             checked: Vec::new(),
+            tx_events: Vec::new(),
+            auth_results: Vec::new(),
+            block_auth: None,
         }
     }
 
@@ -64,6 +71,14 @@ impl T {
                 Action::StartClientTls => self.client_tls_started = true,
                 Action::StartUpstreamTls => self.upstream_tls_started = true,
                 Action::Close => self.closed = true,
+                Action::Tx(event) => self.tx_events.push(event),
+                Action::AuthResult { ok, .. } => self.auth_results.push(ok),
+                Action::CheckAuth(user) => {
+                    let user = user.as_ref().map(|u| u.as_str().to_owned());
+                    let allowed = self.block_auth.is_none() || self.block_auth != user;
+                    let more = self.s.on_auth_verdict(allowed, self.now);
+                    self.apply(more);
+                }
                 Action::CheckRcpt(check) => {
                     let verdict = match self.refuse {
                         Some(r) if check.recipient.contains(r) => {
@@ -685,7 +700,7 @@ fn chaos_over_an_smtp_alphabet() {
                             rng.pick(&[b"334 \r\n", b"235 ok\r\n", b"535 no\r\n"])
                         }
                         (_, Some(Expect::Quit)) => b"221 bye\r\n",
-                        (_, Some(Expect::Rcpt)) => rng.pick(&[b"250 ok\r\n", b"550 no\r\n"]),
+                        (_, Some(Expect::Rcpt { .. })) => rng.pick(&[b"250 ok\r\n", b"550 no\r\n"]),
                         (_, Some(_)) => b"250 ok\r\n",
                     };
                     t.upstream(w);
@@ -728,4 +743,72 @@ fn chaos_over_an_smtp_alphabet() {
         delivered > 150 && closed > 1000,
         "delivered {delivered}, closed {closed}"
     );
+}
+
+#[test]
+fn transaction_events_follow_the_upstream_replies_in_order() {
+    let mut t = session();
+    t.greet();
+    t.tx_events.clear();
+    t.client(
+        b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nMAIL FROM:<again@x>\r\nDATA\r\n",
+    );
+    t.upstream(b"250 ok\r\n250 ok\r\n550 no\r\n503 nested MAIL\r\n354 go\r\n");
+    assert_eq!(
+        t.tx_events,
+        [
+            TxEvent::RcptReply { accepted: true },
+            TxEvent::RcptReply { accepted: false }
+        ],
+        "a refused nested MAIL does not end the open transaction"
+    );
+    assert!(t.checked[0].first_in_transaction && !t.checked[1].first_in_transaction);
+    t.client(b"hi\r\n.\r\n");
+    t.upstream(b"250 queued\r\n");
+    assert_eq!(t.tx_events.last(), Some(&TxEvent::End { delivered: true }));
+    t.tx_events.clear();
+    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRSET\r\n");
+    t.upstream(b"250 ok\r\n250 ok\r\n250 reset\r\n");
+    assert_eq!(
+        t.tx_events,
+        [
+            TxEvent::RcptReply { accepted: true },
+            TxEvent::End { delivered: false }
+        ]
+    );
+    t.tx_events.clear();
+    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n");
+    t.upstream(b"250 ok\r\n250 ok\r\n354 go\r\n");
+    t.client(b"hi\r\n.\r\n");
+    t.upstream(b"554 rejected\r\n");
+    assert_eq!(t.tx_events.last(), Some(&TxEvent::End { delivered: false }));
+}
+
+#[test]
+fn auth_waits_for_the_policy_and_a_blocked_user_is_cut_off() {
+    let mut t = T::new(SessionConfig {
+        allow_plaintext_auth: true,
+        ..cfg()
+    });
+    t.block_auth = Some("mallory".into());
+    t.greet();
+    // PLAIN with an initial response: the username is known at once.
+    t.client(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"); // alice
+    assert_eq!(t.upstream_got(), "AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    t.upstream(b"535 5.7.8 no\r\n");
+    assert_eq!(t.auth_results, [false]);
+    // LOGIN: the username comes in the first response, checked before it is forwarded.
+    t.client(b"AUTH LOGIN\r\n");
+    t.upstream(b"334 VXNlcm5hbWU6\r\n");
+    t.upstream_got();
+    t.client(b"bWFsbG9yeQ==\r\n"); // mallory
+    assert_eq!(
+        t.upstream_got(),
+        "",
+        "the blocked user's response never reaches the upstream"
+    );
+    assert!(t.closed);
+    assert!(t.client_got().ends_with(
+        "421 4.7.0 mb.test Error: too many failed authentications, try again later\r\n"
+    ));
 }

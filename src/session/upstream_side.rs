@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::ehlo::{self, Offer};
 use super::replies::Failure;
 use super::reply::Reply;
-use super::{Action, Expect, Phase, Session, Slot};
+use super::{Action, Expect, Phase, Session, Slot, TxEvent};
 use crate::config::{ClientTls, UpstreamTls};
 
 impl Session {
@@ -60,6 +60,7 @@ impl Session {
             }
             Expect::Ehlo => {
                 self.sync = false;
+                self.act(Action::Tx(TxEvent::End { delivered: false }));
                 if reply.code == 250 {
                     self.upstream_chunking = reply
                         .texts()
@@ -74,19 +75,25 @@ impl Session {
             }
             Expect::Helo | Expect::Quit => {
                 self.sync = false;
-                self.relay(reply);
-            }
-            Expect::Mail => {
-                if !reply.is_positive() {
-                    self.tx = None;
+                if expect == Expect::Helo {
+                    self.act(Action::Tx(TxEvent::End { delivered: false }));
                 }
                 self.relay(reply);
             }
-            Expect::Rcpt => {
-                if reply.is_positive()
-                    && let Some(tx) = &mut self.tx
-                {
+            Expect::Mail { opens } => {
+                if opens && !reply.is_positive() {
+                    self.tx = None;
+                    self.act(Action::Tx(TxEvent::End { delivered: false }));
+                }
+                self.relay(reply);
+            }
+            Expect::Rcpt { checked } => {
+                let accepted = reply.is_positive();
+                if accepted && let Some(tx) = &mut self.tx {
                     tx.rcpt_accepted += 1;
+                }
+                if checked {
+                    self.act(Action::Tx(TxEvent::RcptReply { accepted }));
                 }
                 self.relay(reply);
             }
@@ -99,6 +106,8 @@ impl Session {
             }
             Expect::DataEnd | Expect::Bdat { last: true } => {
                 self.end_transaction(&reply);
+                let delivered = reply.is_positive();
+                self.act(Action::Tx(TxEvent::End { delivered }));
                 self.relay(reply);
             }
             Expect::Bdat { last: false } => self.relay(reply),
@@ -110,16 +119,30 @@ impl Session {
                     let sasl = self.sasl.take();
                     let mech = sasl.as_ref().map_or("?", |s| s.mechanism.name());
                     let user = sasl.as_ref().and_then(|s| s.username().cloned());
-                    if reply.code == 235 {
+                    let ok = reply.code == 235;
+                    if ok {
                         tracing::info!(mechanism = mech, user = %user.as_ref().map_or("?", |u| u.as_str()), "authenticated");
-                        self.user = user;
                     } else {
                         tracing::info!(mechanism = mech, user = %user.as_ref().map_or("?", |u| u.as_str()), reply = %reply.last_text(), "authentication failed");
+                    }
+                    if let Some(s) = &sasl {
+                        self.act(Action::AuthResult {
+                            user: user.clone(),
+                            mechanism: s.mechanism,
+                            ok,
+                        });
+                    }
+                    if ok {
+                        self.user = user;
                     }
                 }
                 self.relay(reply);
             }
-            Expect::Rset | Expect::Other => self.relay(reply),
+            Expect::Rset => {
+                self.act(Action::Tx(TxEvent::End { delivered: false }));
+                self.relay(reply);
+            }
+            Expect::Other => self.relay(reply),
         }
         if matches!(expect, Expect::Quit) {
             self.close();

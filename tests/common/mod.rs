@@ -209,10 +209,12 @@ pub fn listener(
     )
 }
 
-/// The top of a test config.
+/// The top of a test config: no recipient limit and no connection rate, so
+/// relay tests are not limited by each other; limit tests set their own.
 pub fn base_config(dir: &Path) -> String {
     format!(
-        "[server]\nhostname = \"mb.test\"\ndrain_timeout = \"5s\"\n[state]\ndir = {:?}\n",
+        "[server]\nhostname = \"mb.test\"\ndrain_timeout = \"5s\"\n[state]\ndir = {:?}\n\
+         [limits]\ndefault = \"unlimited\"\n[protect]\nconnections_per_ip = \"off\"\n",
         dir.join("state")
     )
 }

@@ -1,0 +1,164 @@
+//! The limits as one session's policy: picks the sender key for each RCPT,
+//! asks the engine, words the refusal, and keeps the session's reservations.
+//!
+//! What counts where: each recipient is counted under the key the session
+//! has when its RCPT arrives. A client that authenticates halfway through a
+//! session has its earlier recipients counted under its vhost or IP key and
+//! the later ones under `auth:`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::engine::{Decision, Refusal};
+use super::key::{Identity, SenderKey};
+use super::ledger::Ledger;
+use super::policy::{rate_text, when_text};
+use super::{Limiter, Time};
+use crate::config::LimitAction;
+use crate::driver::SessionPolicy;
+use crate::protect::Protect;
+use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
+
+/// The limits, for one session.
+pub struct Enforcer {
+    limiter: Arc<Limiter>,
+    protect: Arc<Protect>,
+    ledger: Ledger,
+    identity: Identity,
+    last_key: Option<SenderKey>,
+}
+
+impl Enforcer {
+    /// `vhost` as matched at connect (network or socket owner); `ip` the client.
+    pub fn new(
+        limiter: Arc<Limiter>,
+        protect: Arc<Protect>,
+        ip: IpAddr,
+        vhost: Option<String>,
+    ) -> Self {
+        Enforcer {
+            ledger: Ledger::new(limiter.clone()),
+            limiter,
+            protect,
+            identity: Identity {
+                user: None,
+                vhost,
+                ip: Some(ip),
+            },
+            last_key: None,
+        }
+    }
+
+    /// The key the session would be counted under now.
+    pub fn key(&self) -> Option<SenderKey> {
+        let p = self.limiter.policy();
+        self.identity.key(&p.identity, p.ipv6_prefix)
+    }
+}
+
+impl SessionPolicy for Enforcer {
+    fn check_rcpt(&mut self, check: &RcptCheck) -> Verdict {
+        self.identity.user = check.user.as_ref().map(|u| u.as_str().to_owned());
+        let Some(key) = self.key() else {
+            return Verdict::Accept;
+        };
+        if self.last_key.as_ref() != Some(&key) {
+            tracing::Span::current().record("sender", tracing::field::display(&key));
+            self.last_key = Some(key.clone());
+        }
+        let mail_from = check
+            .first_in_transaction
+            .then_some(check.mail_from.as_str());
+        match self.limiter.check(&key, self.identity.ip, mail_from) {
+            Decision::Accept(r) => {
+                if !self.protect.allow_rcpt(&key) {
+                    self.limiter.release(r);
+                    let text =
+                        format!("450 4.7.1 Too many recipients too quickly for {key}; slow down");
+                    tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
+                    return Verdict::Refuse(text);
+                }
+                self.ledger.forwarded(r);
+                Verdict::Accept
+            }
+            Decision::Observed(r, refusal) => {
+                let text = refusal_text(&key, &refusal, LimitAction::Observe, &self.limiter);
+                tracing::info!(sender = %key, rcpt = %check.recipient, would_reply = %text, "over the limit (observe mode: accepted)");
+                self.ledger.forwarded(r);
+                Verdict::Accept
+            }
+            Decision::Refuse(refusal) => {
+                let action = self.limiter.action();
+                let text = refusal_text(&key, &refusal, action, &self.limiter);
+                tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
+                Verdict::Refuse(text)
+            }
+        }
+    }
+
+    fn check_auth(&mut self, user: Option<&Username>) -> bool {
+        let ip = self.identity.ip.expect("set at creation");
+        let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
+        if !allowed {
+            tracing::warn!(user = %user.map_or("?", Username::as_str), "AUTH refused: too many failures");
+        }
+        allowed
+    }
+
+    fn on_auth(&mut self, user: Option<&Username>, _mechanism: Mechanism, ok: bool) {
+        if !ok {
+            let ip = self.identity.ip.expect("set at creation");
+            if !self.protect.auth_failed(ip, user.map(Username::as_str)) {
+                tracing::warn!(user = %user.map_or("?", Username::as_str), "too many failed AUTH: further attempts refused for a while");
+            }
+        }
+    }
+
+    fn on_tx(&mut self, event: TxEvent) {
+        match event {
+            TxEvent::RcptReply { accepted } => self.ledger.rcpt_reply(accepted),
+            TxEvent::End { delivered } => self.ledger.transaction_end(delivered),
+        }
+    }
+}
+
+/// The reply line for a refused recipient: it names the key, the limit and
+/// when mail will flow again.
+pub fn refusal_text(
+    key: &SenderKey,
+    refusal: &Refusal,
+    action: LimitAction,
+    limiter: &Limiter,
+) -> String {
+    let now: Time = limiter.now();
+    match refusal {
+        Refusal::OverLimit(full) => {
+            let when = match full.next_free {
+                Some(at) => format!("next recipient accepted {}", when_text(at, now)),
+                None => "next recipient accepted when messages in progress are sent".into(),
+            };
+            let code = match action {
+                LimitAction::Reject => "550 5.7.1",
+                LimitAction::Defer | LimitAction::Observe => "450 4.7.1",
+            };
+            format!(
+                "{code} Recipient limit reached for {key} ({}); {when}",
+                rate_text(&full.rate)
+            )
+        }
+        Refusal::Locked(lock) => {
+            let until = match lock.until {
+                Some(at) => format!(" until {}", when_text(at, now).trim_start_matches("in ")),
+                None => " until an operator unlocks it".into(),
+            };
+            let contact = limiter
+                .contact()
+                .map(|c| format!("; contact {c}"))
+                .unwrap_or_default();
+            format!(
+                "450 4.7.1 Sender {key} is locked ({}){until}{contact}",
+                lock.reason
+            )
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The limit engine: per-key windows, reservations, rotation, locks. Pure and
+//! clock-injected: every call takes `now`, nothing here does I/O. Changes
+//! worth keeping are appended to a journal that the store drains.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::journal::{Event, Time};
+use super::key::SenderKey;
+use super::policy::{Policy, Source};
+use super::window::{Full, Window};
+use crate::config::{LimitAction, Rate};
+
+/// Why a key is locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockReason {
+    /// More refusals than allowed in the lock window.
+    Refusals(u32),
+    /// More distinct envelope senders than allowed (sender rotation).
+    Rotation(u32),
+    /// Locked by an operator, with their reason.
+    Operator(String),
+    /// Restored from the store after a restart: the reason as it was written.
+    Restored(String),
+}
+
+impl std::fmt::Display for LockReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockReason::Refusals(n) => write!(f, "{n} refused recipients"),
+            LockReason::Rotation(n) => write!(f, "{n} different envelope senders"),
+            LockReason::Operator(why) => write!(f, "locked by an operator: {why}"),
+            LockReason::Restored(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A lock on a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lock {
+    pub until: Option<Time>,
+    pub reason: LockReason,
+}
+
+/// Why a recipient is (or, in observe mode, would be) refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    OverLimit(Full),
+    Locked(Lock),
+}
+
+/// A recipient reserved against a key: commit it when sent, release it otherwise.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a reservation must be committed or released"]
+pub struct Reservation {
+    pub key: SenderKey,
+    /// False for unlimited or exempt keys and for observe-mode overflow: sent
+    /// recipients are still totalled, but nothing was held in the window.
+    counted: bool,
+}
+
+/// The engine's answer for one recipient.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    Accept(Reservation),
+    /// Accepted because `action = "observe"`; it would have been refused.
+    Observed(Reservation, Refusal),
+    Refuse(Refusal),
+}
+
+/// Everything one key costs.
+#[derive(Debug, Default, Clone)]
+struct KeyState {
+    window: Window,
+    /// Refusals in the current lock window: (window start, count).
+    refusals: (Time, u32),
+    /// Recent distinct envelope senders: (hash, last seen).
+    senders: Vec<(u32, Time)>,
+    lock: Option<Lock>,
+    last_seen: Time,
+}
+
+/// One shard of keys and the policy they follow.
+#[derive(Debug)]
+pub struct Engine {
+    policy: Policy,
+    keys: HashMap<SenderKey, KeyState>,
+    journal: Vec<Event>,
+}
+
+/// A key's state for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub rates: Vec<(Rate, usize)>,
+    pub pending: u32,
+    pub source: Source,
+    pub lock: Option<Lock>,
+    pub next_free: Option<Time>,
+}
+
+/// FNV-1a of a lower-cased address: 4 bytes per remembered sender.
+fn sender_hash(addr: &str) -> u32 {
+    addr.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b.to_ascii_lowercase())).wrapping_mul(0x0100_0193)
+    })
+}
+
+impl Engine {
+    pub fn new(policy: Policy) -> Self {
+        Engine {
+            policy,
+            keys: HashMap::new(),
+            journal: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// New policy (reload); keys and their history stay.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// Decides one recipient of `key` sending from `client`. `mail_from` is
+    /// the envelope sender, given with the first recipient of each
+    /// transaction for the rotation signal.
+    pub fn check(
+        &mut self,
+        key: &SenderKey,
+        client: Option<IpAddr>,
+        mail_from: Option<&str>,
+        now: Time,
+    ) -> Decision {
+        let (rates, source) = self.policy.limit(key, client);
+        let rates = rates.to_vec();
+        let observe = self.policy.action == LimitAction::Observe;
+        let rotation = self.policy.rotation;
+        let state = self.keys.entry(key.clone()).or_default();
+        state.last_seen = now;
+        if let Some(lock) = &state.lock {
+            if lock.until.is_some_and(|until| until <= now) {
+                state.lock = None;
+                self.journal.push(Event::Unlocked {
+                    key: key.to_string(),
+                    at: now,
+                });
+            } else {
+                let refusal = Refusal::Locked(lock.clone());
+                return self.refuse(key, refusal, observe, now);
+            }
+        }
+        if source == Source::Exempt {
+            return Decision::Accept(Reservation {
+                key: key.clone(),
+                counted: false,
+            });
+        }
+        if let (Some(rate), Some(from)) = (rotation, mail_from)
+            && let Some(distinct) = Self::note_sender(state, rate, from, now)
+        {
+            self.lock_key(key, LockReason::Rotation(distinct), now);
+            let lock = self.keys[key].lock.clone();
+            if let Some(lock) = lock {
+                return self.refuse(key, Refusal::Locked(lock), observe, now);
+            }
+        }
+        let state = self.keys.get_mut(key).expect("entry created above");
+        match state.window.check(&rates, now) {
+            Ok(()) => {
+                state.window.reserve();
+                Decision::Accept(Reservation {
+                    key: key.clone(),
+                    counted: true,
+                })
+            }
+            Err(full) => self.refuse(key, Refusal::OverLimit(full), observe, now),
+        }
+    }
+
+    /// Records `from` among the key's recent senders; returns the number of
+    /// distinct senders when that exceeds the rotation rate.
+    fn note_sender(state: &mut KeyState, rate: Rate, from: &str, now: Time) -> Option<u32> {
+        let w = u32::try_from(rate.window.as_secs()).unwrap_or(Time::MAX);
+        state
+            .senders
+            .retain(|&(_, seen)| seen > now.saturating_sub(w));
+        let h = sender_hash(from);
+        match state.senders.iter_mut().find(|(hash, _)| *hash == h) {
+            Some(entry) => entry.1 = now,
+            None => state.senders.push((h, now)),
+        }
+        let distinct = state.senders.len() as u32;
+        (distinct > rate.count).then_some(distinct)
+    }
+
+    /// Counts a refusal (and locks the key past the threshold); in observe
+    /// mode, accepts without holding anything in the window.
+    fn refuse(&mut self, key: &SenderKey, refusal: Refusal, observe: bool, now: Time) -> Decision {
+        self.journal.push(Event::Refused {
+            key: key.to_string(),
+            at: now,
+            observed: observe,
+        });
+        if !observe && matches!(refusal, Refusal::OverLimit(_)) {
+            let window = self.policy.lock_window;
+            let threshold = self.policy.lock_after_refusals;
+            let state = self.keys.get_mut(key).expect("checked key exists");
+            if now.saturating_sub(state.refusals.0) >= window {
+                state.refusals = (now, 0);
+            }
+            state.refusals.1 += 1;
+            let count = state.refusals.1;
+            if threshold.is_some_and(|k| count > k) {
+                self.lock_key(key, LockReason::Refusals(count), now);
+            }
+        }
+        if observe {
+            Decision::Observed(
+                Reservation {
+                    key: key.clone(),
+                    counted: false,
+                },
+                refusal,
+            )
+        } else {
+            Decision::Refuse(refusal)
+        }
+    }
+
+    /// Locks `key` for the configured lock time (observe mode only logs).
+    fn lock_key(&mut self, key: &SenderKey, reason: LockReason, now: Time) {
+        if self.policy.action == LimitAction::Observe {
+            tracing::warn!(sender = %key, %reason, "would lock sender (observe mode)");
+            return;
+        }
+        let until = self.policy.lock_duration.map(|d| now.saturating_add(d));
+        tracing::warn!(sender = %key, %reason, ?until, "sender locked");
+        self.set_lock(key, Lock { until, reason }, now);
+    }
+
+    /// Locks `key` (operator or automatic).
+    pub fn set_lock(&mut self, key: &SenderKey, lock: Lock, now: Time) {
+        self.journal.push(Event::Locked {
+            key: key.to_string(),
+            at: now,
+            until: lock.until,
+            reason: lock.reason.to_string(),
+        });
+        let state = self.keys.entry(key.clone()).or_default();
+        state.last_seen = now;
+        state.lock = Some(lock);
+    }
+
+    /// Unlocks `key`; false if it was not locked.
+    pub fn unlock(&mut self, key: &SenderKey, now: Time) -> bool {
+        let Some(state) = self.keys.get_mut(key) else {
+            return false;
+        };
+        state.refusals = (now, 0);
+        state.senders.clear();
+        if state.lock.take().is_none() {
+            return false;
+        }
+        self.journal.push(Event::Unlocked {
+            key: key.to_string(),
+            at: now,
+        });
+        true
+    }
+
+    /// The recipient was sent (the upstream accepted the message).
+    pub fn commit(&mut self, r: Reservation, now: Time) {
+        self.journal.push(Event::Sent {
+            key: r.key.to_string(),
+            at: now,
+            count: 1,
+        });
+        if r.counted {
+            let keep = self.policy.keep;
+            if let Some(state) = self.keys.get_mut(&r.key) {
+                state.window.commit(now, keep);
+                state.last_seen = now;
+            }
+        }
+    }
+
+    /// The recipient was not sent.
+    pub fn release(&mut self, r: Reservation) {
+        if r.counted
+            && let Some(state) = self.keys.get_mut(&r.key)
+        {
+            state.window.release();
+        }
+    }
+
+    /// Restores send times and locks from the store at start-up.
+    pub fn restore_sent(&mut self, key: SenderKey, times: &[Time]) {
+        let keep = self.policy.keep;
+        let state = self.keys.entry(key).or_default();
+        for &t in times {
+            state.window.record(t, keep);
+            state.last_seen = state.last_seen.max(t);
+        }
+    }
+
+    pub fn restore_lock(&mut self, key: SenderKey, lock: Lock, now: Time) {
+        let state = self.keys.entry(key).or_default();
+        state.lock = Some(lock);
+        state.last_seen = now;
+    }
+
+    /// Forgets keys with nothing in any window, nothing pending and no lock;
+    /// returns how many.
+    pub fn evict_idle(&mut self, now: Time) -> usize {
+        let longest = self.policy.longest;
+        let before = self.keys.len();
+        self.keys.retain(|_, s| {
+            let empty = s.window.prune(longest, now);
+            let locked = s
+                .lock
+                .as_ref()
+                .is_some_and(|l| l.until.is_none_or(|u| u > now));
+            !(empty && !locked && now.saturating_sub(s.last_seen) >= longest)
+        });
+        before - self.keys.len()
+    }
+
+    /// The changes since the last call, for the store.
+    pub fn drain_journal(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.journal)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// A key's counts, limit and lock, for operators.
+    pub fn status(&self, key: &SenderKey, client: Option<IpAddr>, now: Time) -> Status {
+        let (rates, source) = self.policy.limit(key, client);
+        let state = self.keys.get(key).cloned().unwrap_or_default();
+        let counts = rates
+            .iter()
+            .map(|r| {
+                let w = u32::try_from(r.window.as_secs()).unwrap_or(Time::MAX);
+                (*r, state.window.count(w, now))
+            })
+            .collect();
+        Status {
+            rates: counts,
+            pending: state.window.pending(),
+            source,
+            lock: state.lock.clone(),
+            next_free: state
+                .window
+                .check(rates, now)
+                .err()
+                .and_then(|f| f.next_free),
+        }
+    }
+
+    /// Approximate heap bytes per key (map entry, key text, window, senders).
+    pub fn bytes_per_key(&self) -> usize {
+        if self.keys.is_empty() {
+            return 0;
+        }
+        let entry = std::mem::size_of::<(SenderKey, KeyState)>() + 1; // + hashbrown control byte
+        let heap: usize = self
+            .keys
+            .iter()
+            .map(|(k, s)| {
+                k.name().len()
+                    + 16 // Arc counts
+                    + s.window.heap_bytes()
+                    + s.senders.capacity() * std::mem::size_of::<(u32, Time)>()
+            })
+            .sum();
+        let slots = self.keys.capacity() * entry;
+        (slots + heap) / self.keys.len()
+    }
+}

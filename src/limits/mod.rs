@@ -1,0 +1,206 @@
+//! Recipient limits per sender.
+//!
+//! - [`key`]: who is sending (`auth:`, `vhost:`, `ip:`), and the order in which
+//!   a session's identity picks its key.
+//! - [`window`]: one key's exact sliding window: send times and reservations.
+//! - [`policy`]: `[limits]` indexed for lookups: which limit applies and why.
+//! - [`engine`]: per-key windows, rotation, locks; pure, clock-injected.
+//! - [`journal`]: what the engine changed, for the store.
+//! - [`store`]: the embedded database (SQLite) that survives restarts.
+//! - [`ledger`]: one session's reservations, committed or released as its
+//!   transactions end, released when it disconnects.
+//!
+//! [`Limiter`] shares the engine between sessions: keys are spread over
+//! shards, each behind its own mutex, so decisions on different keys rarely
+//! wait for each other.
+
+pub mod enforce;
+pub mod engine;
+pub mod journal;
+pub mod key;
+pub mod ledger;
+pub mod policy;
+pub mod store;
+pub mod vhosts;
+pub mod window;
+
+#[cfg(test)]
+mod tests;
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub use engine::{Decision, Engine, Lock, LockReason, Refusal, Reservation, Status};
+pub use journal::{Event, Time};
+pub use key::{Identity, KeyClass, SenderKey};
+pub use policy::Policy;
+
+/// The clock seam of the limits: unix seconds.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Time;
+}
+
+/// The real clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        u32::try_from(secs).unwrap_or(Time::MAX)
+    }
+}
+
+/// Shards: a power of two comfortably above the core count.
+const SHARDS: usize = 16;
+
+/// The engine shared by every session.
+pub struct Limiter {
+    shards: Box<[Mutex<Engine>]>,
+    hasher: std::collections::hash_map::RandomState,
+    clock: Box<dyn Clock>,
+    /// The policy as a whole, for what sessions read on every RCPT.
+    policy: std::sync::RwLock<Arc<Policy>>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
+impl Limiter {
+    pub fn new(policy: Policy, clock: Box<dyn Clock>) -> Self {
+        Limiter {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Engine::new(policy.clone())))
+                .collect(),
+            hasher: Default::default(),
+            clock,
+            policy: std::sync::RwLock::new(Arc::new(policy)),
+        }
+    }
+
+    pub fn now(&self) -> Time {
+        self.clock.now()
+    }
+
+    fn shard(&self, key: &SenderKey) -> std::sync::MutexGuard<'_, Engine> {
+        let i = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        // A panic while holding a shard cannot leave a window half-updated in
+        // a way that matters more than stopping all mail: keep going.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn each(&self, mut f: impl FnMut(&mut Engine)) {
+        for shard in self.shards.iter() {
+            f(&mut shard.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    pub fn check(
+        &self,
+        key: &SenderKey,
+        client: Option<IpAddr>,
+        mail_from: Option<&str>,
+    ) -> Decision {
+        let now = self.now();
+        self.shard(key).check(key, client, mail_from, now)
+    }
+
+    pub fn commit(&self, r: Reservation) {
+        let now = self.now();
+        self.shard(&r.key).commit(r, now);
+    }
+
+    pub fn release(&self, r: Reservation) {
+        self.shard(&r.key).release(r);
+    }
+
+    pub fn lock(&self, key: &SenderKey, lock: Lock) {
+        let now = self.now();
+        self.shard(key).set_lock(key, lock, now);
+    }
+
+    pub fn unlock(&self, key: &SenderKey) -> bool {
+        let now = self.now();
+        self.shard(key).unlock(key, now)
+    }
+
+    pub fn status(&self, key: &SenderKey, client: Option<IpAddr>) -> Status {
+        let now = self.now();
+        self.shard(key).status(key, client, now)
+    }
+
+    /// New policy for every key (reload).
+    pub fn set_policy(&self, policy: &Policy) {
+        self.each(|e| e.set_policy(policy.clone()));
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy.clone());
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn action(&self) -> crate::config::LimitAction {
+        self.policy().action
+    }
+
+    pub fn contact(&self) -> Option<String> {
+        self.policy().contact.clone()
+    }
+
+    /// Everything changed since the last call, for the store.
+    pub fn drain_journal(&self) -> Vec<Event> {
+        let mut all = Vec::new();
+        self.each(|e| all.append(&mut e.drain_journal()));
+        all
+    }
+
+    /// Forgets idle keys; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now();
+        let mut n = 0;
+        self.each(|e| n += e.evict_idle(now));
+        n
+    }
+
+    /// Keys resident.
+    pub fn len(&self) -> usize {
+        let mut n = 0;
+        self.each(|e| n += e.len());
+        n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Loads what the store kept (start-up).
+    pub fn restore(&self, snapshot: &journal::Snapshot) {
+        let now = self.now();
+        for (key, times) in &snapshot.sent {
+            if let Some(k) = SenderKey::parse(key) {
+                self.shard(&k).restore_sent(k.clone(), times);
+            }
+        }
+        for (key, until, reason) in &snapshot.locks {
+            if let Some(k) = SenderKey::parse(key) {
+                let lock = Lock {
+                    until: *until,
+                    reason: LockReason::Restored(reason.clone()),
+                };
+                self.shard(&k).restore_lock(k.clone(), lock, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The operator's policy, from `[limits]`: which limit applies to a key and
+//! why, and the text of every refusal.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::journal::Time;
+use super::key::{KeyClass, SenderKey};
+use crate::config::{IdentitySource, Limit, LimitAction, LimitsConfig, Rate};
+
+/// Where a key's limit comes from (shown to operators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    Override,
+    Exempt,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Override => "override",
+            Source::Exempt => "exempt",
+        }
+    }
+}
+
+/// The validated `[limits]`, indexed for lookups on every RCPT.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub action: LimitAction,
+    pub identity: Vec<IdentitySource>,
+    pub ipv6_prefix: u8,
+    default: Limit,
+    overrides: HashMap<SenderKey, Limit>,
+    exempt_users: Vec<SenderKey>,
+    exempt_vhosts: Vec<SenderKey>,
+    exempt_networks: Vec<IpNet>,
+    pub rotation: Option<Rate>,
+    pub lock_after_refusals: Option<u32>,
+    pub lock_window: Time,
+    pub lock_duration: Option<Time>,
+    pub contact: Option<String>,
+    /// The longest window of any rule: how long a key's history matters.
+    pub longest: Time,
+    /// The most send times any key needs to keep.
+    pub keep: usize,
+}
+
+fn secs(d: std::time::Duration) -> Time {
+    u32::try_from(d.as_secs()).unwrap_or(Time::MAX)
+}
+
+fn rates(limit: &Limit) -> &[Rate] {
+    match limit {
+        Limit::Unlimited => &[],
+        Limit::Rates(r) => r,
+    }
+}
+
+impl Policy {
+    pub fn new(cfg: &LimitsConfig) -> Self {
+        let overrides: HashMap<SenderKey, Limit> = cfg
+            .overrides
+            .iter()
+            .filter_map(|o| SenderKey::parse(&o.key).map(|k| (k, o.limit.clone())))
+            .collect();
+        let all_rates = rates(&cfg.default)
+            .iter()
+            .chain(overrides.values().flat_map(rates))
+            .chain(cfg.rotation.iter());
+        let longest = all_rates
+            .clone()
+            .map(|r| secs(r.window))
+            .chain([secs(cfg.lock_window)])
+            .max()
+            .unwrap_or(3600);
+        let keep = all_rates.map(|r| r.count as usize).max().unwrap_or(0);
+        Policy {
+            action: cfg.action,
+            identity: cfg.identity.clone(),
+            ipv6_prefix: cfg.ipv6_prefix,
+            default: cfg.default.clone(),
+            overrides,
+            exempt_users: cfg
+                .exempt_users
+                .iter()
+                .map(|u| SenderKey::auth(u))
+                .collect(),
+            exempt_vhosts: cfg
+                .exempt_vhosts
+                .iter()
+                .map(|v| SenderKey::vhost(v))
+                .collect(),
+            exempt_networks: cfg.exempt_networks.clone(),
+            rotation: cfg.rotation,
+            lock_after_refusals: cfg.lock_after_refusals,
+            lock_window: secs(cfg.lock_window),
+            lock_duration: cfg.lock_duration.map(secs),
+            contact: cfg.contact.clone(),
+            longest,
+            keep,
+        }
+    }
+
+    /// The limit for `key` sending from `client`, and where it comes from.
+    /// An override wins over an exemption, which wins over the default.
+    pub fn limit(&self, key: &SenderKey, client: Option<IpAddr>) -> (&[Rate], Source) {
+        if let Some(limit) = self.overrides.get(key) {
+            return (rates(limit), Source::Override);
+        }
+        let exempt = match key.class() {
+            KeyClass::Auth => self.exempt_users.contains(key),
+            KeyClass::Vhost => self.exempt_vhosts.contains(key),
+            KeyClass::Ip => false,
+        } || client.is_some_and(|ip| {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            self.exempt_networks.iter().any(|n| n.contains(&ip))
+        });
+        if exempt {
+            return (&[], Source::Exempt);
+        }
+        (rates(&self.default), Source::Default)
+    }
+}
+
+/// Writes a rate as configured: `12/1h`.
+pub fn rate_text(rate: &Rate) -> String {
+    format!("{}/{}", rate.count, humantime::format_duration(rate.window))
+}
+
+/// Writes a duration until `at` for people: "in 12 min (14:32 UTC)".
+pub fn when_text(at: Time, now: Time) -> String {
+    let wait = at.saturating_sub(now);
+    let clock = {
+        let day = at % 86_400;
+        format!("{:02}:{:02} UTC", day / 3600, (day % 3600) / 60)
+    };
+    if wait < 60 {
+        format!("in {wait} s ({clock})")
+    } else if wait < 3600 * 2 {
+        format!("in {} min ({clock})", wait.div_ceil(60))
+    } else {
+        format!("in {} h ({clock})", wait.div_ceil(3600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Override;
+    use std::time::Duration;
+
+    fn r(count: u32, secs: u64) -> Rate {
+        Rate {
+            count,
+            window: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn limits_come_from_override_exemption_or_default() {
+        let cfg = LimitsConfig {
+            overrides: vec![
+                Override {
+                    key: "auth:shop@example.com".into(),
+                    limit: Limit::Rates(vec![r(500, 3600)]),
+                },
+                Override {
+                    key: "auth:lists@example.net".into(),
+                    limit: Limit::Unlimited,
+                },
+            ],
+            exempt_users: vec!["newsletter@example.net".into()],
+            exempt_vhosts: vec!["bulk".into()],
+            exempt_networks: vec!["192.0.2.0/24".parse().unwrap()],
+            ..LimitsConfig::default()
+        };
+        let p = Policy::new(&cfg);
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let cases = [
+            ("auth:shop@example.com", None, Source::Override, 1),
+            ("auth:lists@example.net", None, Source::Override, 0),
+            ("auth:newsletter@example.net", None, Source::Exempt, 0),
+            ("vhost:bulk", None, Source::Exempt, 0),
+            ("ip:192.0.2.9", ip("192.0.2.9"), Source::Exempt, 0),
+            (
+                "auth:alice@example.com",
+                ip("::ffff:192.0.2.9"),
+                Source::Exempt,
+                0,
+            ),
+            (
+                "auth:alice@example.com",
+                ip("198.51.100.1"),
+                Source::Default,
+                1,
+            ),
+        ];
+        for (key, client, source, n) in cases {
+            let (rates, got) = p.limit(&SenderKey::parse(key).unwrap(), client);
+            assert_eq!((got, rates.len()), (source, n), "{key}");
+        }
+        assert_eq!(p.keep, 500);
+        assert_eq!(p.longest, 3600);
+    }
+
+    #[test]
+    fn texts() {
+        assert_eq!(rate_text(&r(12, 3600)), "12/1h");
+        assert_eq!(rate_text(&r(100, 86_400)), "100/1day");
+        assert_eq!(when_text(1_000_000, 1_000_000 - 30), "in 30 s (13:46 UTC)");
+        assert_eq!(
+            when_text(1_000_000, 1_000_000 - 700),
+            "in 12 min (13:46 UTC)"
+        );
+    }
+}
