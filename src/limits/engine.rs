@@ -151,7 +151,9 @@ impl Engine {
                 return self.refuse(key, refusal, observe, now);
             }
         }
-        if source == Source::Exempt {
+        if source == Source::Exempt || rates.is_empty() {
+            // Exempt or unlimited: not counted, and no rotation signal either
+            // (mailing lists use a new envelope sender per recipient).
             return Decision::Accept(Reservation {
                 key: key.clone(),
                 counted: false,

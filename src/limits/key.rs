@@ -77,16 +77,20 @@ impl SenderKey {
         if name.is_empty() {
             return None;
         }
-        let class = match class {
-            "auth" => return Some(SenderKey::auth(name)),
-            "vhost" => KeyClass::Vhost,
-            "ip" => KeyClass::Ip,
-            _ => return None,
-        };
-        Some(SenderKey {
-            class,
-            name: name.into(),
-        })
+        match class {
+            "auth" => Some(SenderKey::auth(name)),
+            "vhost" => Some(SenderKey::vhost(name)),
+            // Written as the engine writes it, whatever the spelling.
+            "ip" => match (name.parse::<IpAddr>(), name.parse::<IpNet>()) {
+                (Ok(addr), _) => Some(SenderKey::ip(addr, 128)),
+                (_, Ok(net)) => Some(SenderKey {
+                    class: KeyClass::Ip,
+                    name: net.trunc().to_string().into(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     pub fn class(&self) -> KeyClass {
@@ -172,6 +176,11 @@ mod tests {
             assert_eq!(SenderKey::parse(text), Some(key));
         }
         assert_eq!(SenderKey::parse("user:x"), None);
+        assert_eq!(SenderKey::parse("ip:not-an-address"), None);
+        assert_eq!(
+            SenderKey::parse("ip:2001:DB8:0:0:1::/64"),
+            SenderKey::parse("ip:2001:db8::/64")
+        );
         assert_eq!(SenderKey::parse("auth:"), None);
     }
 

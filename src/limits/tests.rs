@@ -192,10 +192,18 @@ fn overrides_and_exemptions() {
         ],
         exempt_users: vec!["news@example.net".into()],
         exempt_networks: vec!["192.0.2.0/24".parse().unwrap()],
+        rotation: Some(rate(3, 3600)),
         ..twelve()
     });
     assert_eq!(send(&l, &key("auth:shop@example.com"), 600), 500);
     assert_eq!(send(&l, &key("auth:lists@example.net"), 1000), 1000);
+    // An unlimited list with a new envelope sender per message (VERP) is not
+    // taken for sender rotation.
+    let list = key("auth:lists@example.net");
+    for i in 0..100 {
+        let from = format!("bounce-{i}@example.net");
+        assert!(matches!(l.check(&list, None, Some(&from)), Decision::Accept(_)));
+    }
     assert_eq!(send(&l, &key("auth:news@example.net"), 1000), 1000);
     let inside = key("auth:someone@example.com");
     let mut n = 0;
