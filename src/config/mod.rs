@@ -51,8 +51,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_named(&text, path)
 }
 
-/// Parses and validates TOML text (no file I/O except checking that referenced
-/// cert/key/CA files exist and are readable).
+/// Parses and validates TOML text. The only I/O: checking that referenced
+/// cert/key/CA files are readable, and resolving `[[vhost]] users` to uids.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     parse_named(text, Path::new(TEXT_PATH))
 }

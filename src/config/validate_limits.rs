@@ -390,8 +390,9 @@ fn overrides(
 }
 
 /// A sender key as logged. `ip:` keys are returned in canonical form (IPv6
-/// compressed and lower-case, host bits cleared, a full-length network as a
-/// bare address), so that two spellings of one key are one key.
+/// compressed and lower-case, IPv4-mapped as IPv4, host bits cleared, a
+/// full-length network as a bare address), so that two spellings of one key
+/// are one key.
 fn sender_key(text: &str, vhost_names: &HashSet<String>) -> Result<String, String> {
     let Some((kind, rest)) = text.split_once(':') else {
         return Err(format!("\"{text}\" is not a sender key; {KEY_FORM}"));
@@ -416,6 +417,11 @@ fn sender_key(text: &str, vhost_names: &HashSet<String>) -> Result<String, Strin
 /// The part of an `ip:` key after the colon, canonical.
 fn ip_key(text: &str) -> Result<String, String> {
     if let Ok(ip) = text.parse::<IpAddr>() {
+        // As the engine writes it: an IPv4-mapped address is IPv4.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         return Ok(ip.to_string());
     }
     match text.parse::<IpNet>() {

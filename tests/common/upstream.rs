@@ -30,6 +30,11 @@ pub struct Opts {
     pub stall_on: Option<&'static str>,
     /// Listen here instead of 127.0.0.1:0.
     pub bind: Option<SocketAddr>,
+    /// With `auth`, also accept any username whose password is this.
+    pub any_user_password: Option<&'static str>,
+    /// Refuse (554, nothing stored) at the end of data any message whose
+    /// body contains this text.
+    pub refuse_data_containing: Option<&'static str>,
 }
 
 /// One delivered message.
@@ -288,6 +293,13 @@ impl Conn {
                     }
                     wire.extend_from_slice(&l);
                 }
+                if let Some(marker) = self.opts.refuse_data_containing
+                    && String::from_utf8_lossy(&wire).contains(marker)
+                {
+                    rcpts.clear();
+                    self.send("554 5.7.1 Message refused\r\n").await?;
+                    continue;
+                }
                 self.deliver(&from, &rcpts, wire).await?;
             } else if upper.starts_with("BDAT") {
                 let mut parts = upper.split_whitespace().skip(1);
@@ -360,7 +372,13 @@ impl Conn {
                     }
                 };
                 let d = b64.decode(resp).unwrap_or_default();
-                d == b"\0alice\0secret" || d == b"alice\0alice\0secret"
+                d == b"\0alice\0secret"
+                    || d == b"alice\0alice\0secret"
+                    || self.opts.any_user_password.is_some_and(|p| {
+                        let mut parts = d.split(|&b| b == 0);
+                        let (_, user, pass) = (parts.next(), parts.next(), parts.next());
+                        user.is_some_and(|u| !u.is_empty()) && pass == Some(p.as_bytes())
+                    })
             }
             "LOGIN" => {
                 let user = match initial {
@@ -374,8 +392,15 @@ impl Conn {
                 self.send("334 UGFzc3dvcmQ6\r\n").await?;
                 let l = self.line().await?.unwrap_or_default();
                 let pass = String::from_utf8_lossy(&l).trim_end().to_string();
-                b64.decode(user).unwrap_or_default() == b"alice"
-                    && b64.decode(pass).unwrap_or_default() == b"secret"
+                let (user, pass) = (
+                    b64.decode(user).unwrap_or_default(),
+                    b64.decode(pass).unwrap_or_default(),
+                );
+                (user == b"alice" && pass == b"secret")
+                    || self
+                        .opts
+                        .any_user_password
+                        .is_some_and(|p| !user.is_empty() && pass == p.as_bytes())
             }
             _ => false,
         };
