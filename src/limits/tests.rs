@@ -202,7 +202,10 @@ fn overrides_and_exemptions() {
     let list = key("auth:lists@example.net");
     for i in 0..100 {
         let from = format!("bounce-{i}@example.net");
-        assert!(matches!(l.check(&list, None, Some(&from)), Decision::Accept(_)));
+        assert!(matches!(
+            l.check(&list, None, Some(&from)),
+            Decision::Accept(_)
+        ));
     }
     assert_eq!(send(&l, &key("auth:news@example.net"), 1000), 1000);
     let inside = key("auth:someone@example.com");
