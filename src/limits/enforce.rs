@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::engine::{Decision, Refusal};
 use super::key::{Identity, SenderKey};
 use super::ledger::Ledger;
-use super::policy::{rate_text, when_text};
+use super::policy::{clock_text, rate_text, wait_text, when_text};
 use super::{Limiter, Time};
 use crate::config::LimitAction;
 use crate::driver::SessionPolicy;
@@ -148,7 +148,11 @@ pub fn refusal_text(
         }
         Refusal::Locked(lock) => {
             let until = match lock.until {
-                Some(at) => format!(" until {}", when_text(at, now).trim_start_matches("in ")),
+                Some(at) => format!(
+                    " for {} (until {})",
+                    wait_text(at, now),
+                    clock_text(at, now)
+                ),
                 None => " until an operator unlocks it".into(),
             };
             let contact = limiter

@@ -185,6 +185,17 @@ impl Limiter {
         self.len() == 0
     }
 
+    /// Approximate heap bytes per resident key, averaged over the shards by
+    /// their key counts (see [`Engine::bytes_per_key`]).
+    pub fn bytes_per_key(&self) -> usize {
+        let (mut bytes, mut keys) = (0, 0);
+        self.each(|e| {
+            bytes += e.bytes_per_key() * e.len();
+            keys += e.len();
+        });
+        bytes.checked_div(keys).unwrap_or(0)
+    }
+
     /// Loads what the store kept (start-up).
     pub fn restore(&self, snapshot: &journal::Snapshot) {
         let now = self.now();

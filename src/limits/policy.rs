@@ -36,6 +36,8 @@ pub struct Policy {
     pub ipv6_prefix: u8,
     default: Limit,
     overrides: HashMap<SenderKey, Limit>,
+    /// `ip:` overrides naming networks, most specific first.
+    net_overrides: Vec<(IpNet, Limit)>,
     exempt_users: Vec<SenderKey>,
     exempt_vhosts: Vec<SenderKey>,
     exempt_networks: Vec<IpNet>,
@@ -68,6 +70,12 @@ impl Policy {
             .iter()
             .filter_map(|o| SenderKey::parse(&o.key).map(|k| (k, o.limit.clone())))
             .collect();
+        let mut net_overrides: Vec<(IpNet, Limit)> = overrides
+            .iter()
+            .filter(|(k, _)| k.class() == KeyClass::Ip)
+            .filter_map(|(k, l)| key_net(k).map(|n| (n, l.clone())))
+            .collect();
+        net_overrides.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
         let all_rates = rates(&cfg.default)
             .iter()
             .chain(overrides.values().flat_map(rates))
@@ -85,6 +93,7 @@ impl Policy {
             ipv6_prefix: cfg.ipv6_prefix,
             default: cfg.default.clone(),
             overrides,
+            net_overrides,
             exempt_users: cfg
                 .exempt_users
                 .iter()
@@ -112,6 +121,17 @@ impl Policy {
         if let Some(limit) = self.overrides.get(key) {
             return (rates(limit), Source::Override);
         }
+        if key.class() == KeyClass::Ip
+            && let Some(net) = key_net(key)
+            && let Some((_, limit)) = self
+                .net_overrides
+                .iter()
+                // The override's network holds the key, or (an IPv6 address
+                // or small network) falls within the key's group.
+                .find(|(o, _)| o.contains(&net) || net.contains(o))
+        {
+            return (rates(limit), Source::Override);
+        }
         let exempt = match key.class() {
             KeyClass::Auth => self.exempt_users.contains(key),
             KeyClass::Vhost => self.exempt_vhosts.contains(key),
@@ -130,25 +150,55 @@ impl Policy {
     }
 }
 
+/// The address or network an `ip:` key stands for.
+fn key_net(key: &SenderKey) -> Option<IpNet> {
+    let name = key.name();
+    name.parse::<IpNet>()
+        .ok()
+        .or_else(|| name.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 /// Writes a rate as configured: `12/1h`.
 pub fn rate_text(rate: &Rate) -> String {
     format!("{}/{}", rate.count, humantime::format_duration(rate.window))
 }
 
-/// Writes a duration until `at` for people: "in 12 min (14:32 UTC)".
-pub fn when_text(at: Time, now: Time) -> String {
+/// How long until `at`, for people: "30 s", "12 min", "24 h".
+pub fn wait_text(at: Time, now: Time) -> String {
     let wait = at.saturating_sub(now);
-    let clock = {
-        let day = at % 86_400;
-        format!("{:02}:{:02} UTC", day / 3600, (day % 3600) / 60)
-    };
     if wait < 60 {
-        format!("in {wait} s ({clock})")
+        format!("{wait} s")
     } else if wait < 3600 * 2 {
-        format!("in {} min ({clock})", wait.div_ceil(60))
+        format!("{} min", wait.div_ceil(60))
     } else {
-        format!("in {} h ({clock})", wait.div_ceil(3600))
+        format!("{} h", wait.div_ceil(3600))
     }
+}
+
+/// The time `at` on a UTC clock: "14:32 UTC", with the date when it is not
+/// within the next 24 hours ("2026-11-28 14:32 UTC").
+pub fn clock_text(at: Time, now: Time) -> String {
+    let day = at % 86_400;
+    let clock = format!("{:02}:{:02} UTC", day / 3600, (day % 3600) / 60);
+    if at.saturating_sub(now) < 86_400 {
+        return clock;
+    }
+    // Days to civil date (H. Hinnant's algorithm), valid for any u32 time.
+    let z = i64::from(at / 86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {clock}")
+}
+
+/// "in 12 min (14:32 UTC)".
+pub fn when_text(at: Time, now: Time) -> String {
+    format!("in {} ({})", wait_text(at, now), clock_text(at, now))
 }
 
 #[cfg(test)]
@@ -184,6 +234,35 @@ mod tests {
         };
         let p = Policy::new(&cfg);
         let ip = |s: &str| Some(s.parse().unwrap());
+        let nets = Policy::new(&LimitsConfig {
+            overrides: vec![
+                Override {
+                    key: "ip:127.0.0.0/8".into(),
+                    limit: Limit::Rates(vec![r(3, 3600)]),
+                },
+                Override {
+                    key: "ip:127.0.0.2".into(),
+                    limit: Limit::Unlimited,
+                },
+                Override {
+                    key: "ip:2001:db8::1".into(),
+                    limit: Limit::Rates(vec![r(5, 3600)]),
+                },
+            ],
+            ..LimitsConfig::default()
+        });
+        let net_cases = [
+            ("127.0.0.1", Source::Override, 1),
+            ("127.0.0.2", Source::Override, 0),
+            ("192.0.2.1", Source::Default, 1),
+            ("2001:db8::77", Source::Override, 1), // same /64 group
+            ("2001:db8:0:1::1", Source::Default, 1),
+        ];
+        for (addr, source, n) in net_cases {
+            let key = SenderKey::ip(addr.parse().unwrap(), 64);
+            let (rates, got) = nets.limit(&key, None);
+            assert_eq!((got, rates.len()), (source, n), "{addr}");
+        }
         let cases = [
             ("auth:shop@example.com", None, Source::Override, 1),
             ("auth:lists@example.net", None, Source::Override, 0),

@@ -1,0 +1,235 @@
+//! Vhosts by socket owner for real: in a network namespace of its own, two
+//! clients running as two different Unix users connect from the same address
+//! through an iptables REDIRECT, and mailbrake counts each under the vhost of
+//! its uid. Two processes, one IP, two keys.
+//!
+//! Needs root (CI runs as root). Without it the test fails loudly: it never
+//! passes by skipping.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+
+use common::upstream::{Opts, Upstream};
+use common::*;
+
+/// The uids of the two hosting customers; setpriv needs no passwd entry.
+const UID_A: u32 = 65534;
+const UID_B: u32 = 65533;
+
+/// A network namespace, deleted on drop (as in transparent.rs).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let name = format!("mbuids-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    fn prefix(&self) -> Vec<&str> {
+        vec!["ip", "netns", "exec", &self.name]
+    }
+
+    /// Starts a recording upstream inside the namespace, on `bind`.
+    fn upstream(&self, bind: &str) -> Upstream {
+        let path = format!("/run/netns/{}", self.name);
+        let bind = bind.parse().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // Sockets created by this thread from now on live in the namespace.
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let up = Upstream::start(Opts {
+                    bind: Some(bind),
+                    ..Opts::default()
+                })
+                .await;
+                tx.send(up).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    /// Starts python's smtplib as `uid`, sending one message to the three
+    /// recipients `TAG-1@remote.test` .. `TAG-3@remote.test` through
+    /// `host`:25. It prints one `REFUSED <rcpt> <code> <text>` line per
+    /// refused recipient (smtplib returns them when some were accepted, and
+    /// raises only when all were refused) and `SENT` once done.
+    fn client(&self, uid: u32, host: &str, tag: &str) -> Child {
+        let script = r"import smtplib, sys
+host, tag = sys.argv[1], sys.argv[2]
+to = ['%s-%d@remote.test' % (tag, i) for i in (1, 2, 3)]
+s = smtplib.SMTP(host, 25, timeout=20)
+try:
+    refused = s.sendmail('site@hosting.test', to, ('Subject: ' + tag + '\r\n\r\nhello\r\n').encode())
+except smtplib.SMTPRecipientsRefused as e:
+    refused = e.recipients
+s.quit()
+for rcpt, (code, text) in sorted(refused.items()):
+    print('REFUSED %s %d %s' % (rcpt, code, text.decode()))
+print('SENT')
+";
+        let id = uid.to_string();
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args([
+                "setpriv",
+                &format!("--reuid={id}"),
+                &format!("--regid={id}"),
+                "--clear-groups",
+            ])
+            .args(["/usr/bin/python3", "-c", script, host, tag])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!("`{}` failed: {other:?}", args.join(" ")),
+    }
+}
+
+fn require_root_and_tools() {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!(
+            "VHOST-BY-UID TEST CANNOT RUN: it needs root for `ip netns`, iptables and \
+             setpriv (CI runs as root). This is a failure, not a skip."
+        );
+    }
+    for tool in ["ip", "iptables", "setpriv", "/usr/bin/python3"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "VHOST-BY-UID TEST CANNOT RUN: `{tool}` is missing (.ci/run installs iproute2, iptables, util-linux, python3)"
+        );
+    }
+}
+
+/// Waits for a client; returns its `REFUSED` lines as (recipient, reply).
+fn refused(client: Child, what: &str, mb: &Mailbrake) -> Vec<(String, String)> {
+    let out = client.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("SENT"),
+        "{what}: client failed: {text}\nmailbrake log:\n{}",
+        mb.logs()
+    );
+    text.lines()
+        .filter_map(|l| l.strip_prefix("REFUSED "))
+        .map(|l| {
+            let (rcpt, reply) = l.split_once(' ').unwrap();
+            (rcpt.to_string(), reply.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
+    require_root_and_tools();
+    let ns = Netns::new();
+    // Non-root traffic to 127.0.0.2:25 goes to mailbrake; mailbrake (root)
+    // dials the original destination unredirected.
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.2",
+        "--dport",
+        "25",
+        "-m",
+        "owner",
+        "!",
+        "--uid-owner",
+        "0",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "10025",
+    ]);
+    let mut up = ns.upstream("0.0.0.0:25");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nhostname = \"mb.test\"\ndrain_timeout = \"5s\"\n[state]\ndir = {:?}\n\
+         [limits]\ndefault = \"2/1h\"\n[protect]\nconnections_per_ip = \"off\"\n\
+         [[vhost]]\nname = \"site-a\"\nuids = [{UID_A}]\n\
+         [[vhost]]\nname = \"site-b\"\nuids = [{UID_B}]\n",
+        dir.path().join("state")
+    ) + "[[listener]]\nname = \"smtp\"\nbind = \"127.0.0.1:10025\"\ntls = \"none\"\nupstream = \"original-destination\"\n";
+    let mb = Mailbrake::start_with(&ns.prefix(), &cfg);
+
+    // Both at once: each is over its own limit, and neither uses the other's.
+    let a = ns.client(UID_A, "127.0.0.2", "a");
+    let b = ns.client(UID_B, "127.0.0.2", "b");
+    let (refused_a, refused_b) = tokio::task::block_in_place(|| {
+        (
+            refused(a, &format!("uid {UID_A}"), &mb),
+            refused(b, &format!("uid {UID_B}"), &mb),
+        )
+    });
+    for (tag, refused, key) in [
+        ("a", &refused_a, "vhost:site-a"),
+        ("b", &refused_b, "vhost:site-b"),
+    ] {
+        assert_eq!(refused.len(), 1, "{key}: {refused:?}");
+        let (rcpt, reply) = &refused[0];
+        assert_eq!(rcpt, &format!("{tag}-3@remote.test"), "{key}");
+        assert!(
+            reply.starts_with("450 4.7.1")
+                && reply.contains(&format!("Recipient limit reached for {key} (2/1h)")),
+            "{key}: {reply:?}\nmailbrake log:\n{}",
+            mb.logs()
+        );
+    }
+
+    let mut delivered = [up.next_message().await, up.next_message().await];
+    delivered.sort_by(|x, y| x.rcpts.cmp(&y.rcpts));
+    assert_eq!(delivered[0].rcpts, ["a-1@remote.test", "a-2@remote.test"]);
+    assert_eq!(delivered[1].rcpts, ["b-1@remote.test", "b-2@remote.test"]);
+    let logs = mb.logs();
+    assert!(
+        !logs.contains("ip:127.0.0.1"),
+        "no recipient may be counted under the shared address:\n{logs}"
+    );
+}
