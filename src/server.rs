@@ -106,6 +106,11 @@ struct Running {
 
 /// Runs mailbrake until SIGTERM/SIGINT; SIGHUP reloads `path`.
 pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // Before anything says "listening": a signal sent then must not kill us.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let runtimes = build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     let accepting = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -156,10 +161,6 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
