@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::journal::{Event, Time};
 use super::key::SenderKey;
@@ -83,9 +84,67 @@ struct KeyState {
 /// One shard of keys and the policy they follow.
 #[derive(Debug)]
 pub struct Engine {
-    policy: Policy,
+    policy: Arc<Policy>,
     keys: HashMap<SenderKey, KeyState>,
-    journal: Vec<Event>,
+    journal: Vec<Entry>,
+}
+
+/// A journal entry as the engine records it on the hot path: keys shared,
+/// nothing formatted. [`Entry::into_event`] writes it out for the store,
+/// off the decision path.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Sent {
+        key: SenderKey,
+        at: Time,
+    },
+    Refused {
+        key: SenderKey,
+        at: Time,
+        observed: bool,
+    },
+    Locked {
+        key: SenderKey,
+        at: Time,
+        until: Option<Time>,
+        reason: LockReason,
+    },
+    Unlocked {
+        key: SenderKey,
+        at: Time,
+    },
+}
+
+impl Entry {
+    pub fn into_event(self) -> Event {
+        match self {
+            Entry::Sent { key, at } => Event::Sent {
+                key: key.to_string(),
+                at,
+                count: 1,
+            },
+            Entry::Refused { key, at, observed } => Event::Refused {
+                key: key.to_string(),
+                at,
+                observed,
+            },
+            Entry::Locked {
+                key,
+                at,
+                until,
+                reason,
+            } => Event::Locked {
+                key: key.to_string(),
+                at,
+                until,
+                reason: reason.to_string(),
+            },
+            Entry::Unlocked { key, at } => Event::Unlocked {
+                key: key.to_string(),
+                at,
+            },
+        }
+    }
 }
 
 /// A key's state for operators.
@@ -106,7 +165,7 @@ fn sender_hash(addr: &str) -> u32 {
 }
 
 impl Engine {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Arc<Policy>) -> Self {
         Engine {
             policy,
             keys: HashMap::new(),
@@ -119,7 +178,7 @@ impl Engine {
     }
 
     /// New policy (reload); keys and their history stay.
-    pub fn set_policy(&mut self, policy: Policy) {
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
         self.policy = policy;
     }
 
@@ -133,8 +192,8 @@ impl Engine {
         mail_from: Option<&str>,
         now: Time,
     ) -> Decision {
-        let (rates, source) = self.policy.limit(key, client);
-        let rates = rates.to_vec();
+        let policy = self.policy.clone();
+        let (rates, source) = policy.limit(key, client);
         let observe = self.policy.action == LimitAction::Observe;
         let rotation = self.policy.rotation;
         let state = self.keys.entry(key.clone()).or_default();
@@ -142,8 +201,8 @@ impl Engine {
         if let Some(lock) = &state.lock {
             if lock.until.is_some_and(|until| until <= now) {
                 state.lock = None;
-                self.journal.push(Event::Unlocked {
-                    key: key.to_string(),
+                self.journal.push(Entry::Unlocked {
+                    key: key.clone(),
                     at: now,
                 });
             } else {
@@ -169,7 +228,7 @@ impl Engine {
             }
         }
         let state = self.keys.get_mut(key).expect("entry created above");
-        match state.window.check(&rates, now) {
+        match state.window.check(rates, now) {
             Ok(()) => {
                 state.window.reserve();
                 Decision::Accept(Reservation {
@@ -200,8 +259,8 @@ impl Engine {
     /// Counts a refusal (and locks the key past the threshold); in observe
     /// mode, accepts without holding anything in the window.
     fn refuse(&mut self, key: &SenderKey, refusal: Refusal, observe: bool, now: Time) -> Decision {
-        self.journal.push(Event::Refused {
-            key: key.to_string(),
+        self.journal.push(Entry::Refused {
+            key: key.clone(),
             at: now,
             observed: observe,
         });
@@ -244,11 +303,11 @@ impl Engine {
 
     /// Locks `key` (operator or automatic).
     pub fn set_lock(&mut self, key: &SenderKey, lock: Lock, now: Time) {
-        self.journal.push(Event::Locked {
-            key: key.to_string(),
+        self.journal.push(Entry::Locked {
+            key: key.clone(),
             at: now,
             until: lock.until,
-            reason: lock.reason.to_string(),
+            reason: lock.reason.clone(),
         });
         let state = self.keys.entry(key.clone()).or_default();
         state.last_seen = now;
@@ -265,8 +324,8 @@ impl Engine {
         if state.lock.take().is_none() {
             return false;
         }
-        self.journal.push(Event::Unlocked {
-            key: key.to_string(),
+        self.journal.push(Entry::Unlocked {
+            key: key.clone(),
             at: now,
         });
         true
@@ -274,10 +333,9 @@ impl Engine {
 
     /// The recipient was sent (the upstream accepted the message).
     pub fn commit(&mut self, r: Reservation, now: Time) {
-        self.journal.push(Event::Sent {
-            key: r.key.to_string(),
+        self.journal.push(Entry::Sent {
+            key: r.key.clone(),
             at: now,
-            count: 1,
         });
         if r.counted {
             let keep = self.policy.keep;
@@ -329,8 +387,8 @@ impl Engine {
         before - self.keys.len()
     }
 
-    /// The changes since the last call, for the store.
-    pub fn drain_journal(&mut self) -> Vec<Event> {
+    /// The changes since the last call, for the store (see [`Entry::into_event`]).
+    pub fn drain_journal(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.journal)
     }
 

@@ -77,13 +77,14 @@ impl std::fmt::Debug for Limiter {
 
 impl Limiter {
     pub fn new(policy: Policy, clock: Box<dyn Clock>) -> Self {
+        let policy = Arc::new(policy);
         Limiter {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(Engine::new(policy.clone())))
                 .collect(),
             hasher: Default::default(),
             clock,
-            policy: std::sync::RwLock::new(Arc::new(policy)),
+            policy: std::sync::RwLock::new(policy),
         }
     }
 
@@ -140,8 +141,9 @@ impl Limiter {
 
     /// New policy for every key (reload).
     pub fn set_policy(&self, policy: &Policy) {
+        let policy = Arc::new(policy.clone());
         self.each(|e| e.set_policy(policy.clone()));
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy.clone());
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -161,9 +163,10 @@ impl Limiter {
 
     /// Everything changed since the last call, for the store.
     pub fn drain_journal(&self) -> Vec<Event> {
-        let mut all = Vec::new();
-        self.each(|e| all.append(&mut e.drain_journal()));
-        all
+        let mut entries = Vec::new();
+        self.each(|e| entries.append(&mut e.drain_journal()));
+        // Formatted here, with no shard locked.
+        entries.into_iter().map(engine::Entry::into_event).collect()
     }
 
     /// Forgets idle keys; returns how many.

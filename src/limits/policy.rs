@@ -76,17 +76,18 @@ impl Policy {
             .filter_map(|(k, l)| key_net(k).map(|n| (n, l.clone())))
             .collect();
         net_overrides.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-        let all_rates = rates(&cfg.default)
+        let recipient_rates = rates(&cfg.default)
             .iter()
-            .chain(overrides.values().flat_map(rates))
-            .chain(cfg.rotation.iter());
-        let longest = all_rates
+            .chain(overrides.values().flat_map(rates));
+        let longest = recipient_rates
             .clone()
+            .chain(cfg.rotation.iter())
             .map(|r| secs(r.window))
             .chain([secs(cfg.lock_window)])
             .max()
             .unwrap_or(3600);
-        let keep = all_rates.map(|r| r.count as usize).max().unwrap_or(0);
+        // Send times to keep: the rotation rate counts senders, not recipients.
+        let keep = recipient_rates.map(|r| r.count as usize).max().unwrap_or(0);
         Policy {
             action: cfg.action,
             identity: cfg.identity.clone(),
