@@ -77,7 +77,8 @@ struct KeyState {
     refusals: (Time, u32),
     /// Recent distinct envelope senders: (hash, last seen).
     senders: Vec<(u32, Time)>,
-    lock: Option<Lock>,
+    /// Boxed: rare, and a key's size is multiplied by a million.
+    lock: Option<Box<Lock>>,
     last_seen: Time,
 }
 
@@ -206,7 +207,7 @@ impl Engine {
                     at: now,
                 });
             } else {
-                let refusal = Refusal::Locked(lock.clone());
+                let refusal = Refusal::Locked(Lock::clone(lock));
                 return self.refuse(key, refusal, observe, now);
             }
         }
@@ -222,7 +223,7 @@ impl Engine {
             && let Some(distinct) = Self::note_sender(state, rate, from, now)
         {
             self.lock_key(key, LockReason::Rotation(distinct), now);
-            let lock = self.keys[key].lock.clone();
+            let lock = self.keys[key].lock.as_deref().cloned();
             if let Some(lock) = lock {
                 return self.refuse(key, Refusal::Locked(lock), observe, now);
             }
@@ -311,7 +312,7 @@ impl Engine {
         });
         let state = self.keys.entry(key.clone()).or_default();
         state.last_seen = now;
-        state.lock = Some(lock);
+        state.lock = Some(Box::new(lock));
     }
 
     /// Unlocks `key`; false if it was not locked.
@@ -367,7 +368,7 @@ impl Engine {
 
     pub fn restore_lock(&mut self, key: SenderKey, lock: Lock, now: Time) {
         let state = self.keys.entry(key).or_default();
-        state.lock = Some(lock);
+        state.lock = Some(Box::new(lock));
         state.last_seen = now;
     }
 
@@ -415,7 +416,7 @@ impl Engine {
             rates: counts,
             pending: state.window.pending(),
             source,
-            lock: state.lock.clone(),
+            lock: state.lock.as_deref().cloned(),
             next_free: state
                 .window
                 .check(rates, now)
