@@ -9,60 +9,10 @@ mod common;
 
 use std::process::Command;
 
-use common::upstream::{Opts, Upstream};
+use common::netns::{Netns, require_root_and};
 use common::*;
 
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
 impl Netns {
-    fn new() -> Netns {
-        let name = format!("mbtest-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        run(&all);
-    }
-
-    fn prefix(&self) -> Vec<&str> {
-        vec!["ip", "netns", "exec", &self.name]
-    }
-
-    /// Starts a recording upstream inside the namespace, on `bind`.
-    fn upstream(&self, bind: &str) -> Upstream {
-        let path = format!("/run/netns/{}", self.name);
-        let bind = bind.parse().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // Sockets created by this thread from now on live in the namespace.
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let up = Upstream::start(Opts {
-                    bind: Some(bind),
-                    ..Opts::default()
-                })
-                .await;
-                tx.send(up).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
-    }
-
     /// Sends one message with python's smtplib as uid 65534 (whose traffic
     /// the REDIRECT rules catch); returns the exit status and output.
     fn client(&self, host: &str, tag: &str) -> (bool, String) {
@@ -87,46 +37,17 @@ s.quit()\n";
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => panic!("`{}` failed: {other:?}", args.join(" ")),
-    }
-}
-
 fn require_root_and_tools() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!(
-            "TRANSPARENT-MODE TEST CANNOT RUN: it needs root for `ip netns` and iptables \
-             (CI runs as root). This is a failure, not a skip."
-        );
-    }
-    for tool in ["ip", "iptables", "ip6tables", "setpriv", "/usr/bin/python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "TRANSPARENT-MODE TEST CANNOT RUN: `{tool}` is missing (.ci/run installs iproute2, iptables, util-linux, python3)"
-        );
-    }
+    require_root_and(
+        "TRANSPARENT-MODE",
+        &["ip", "iptables", "ip6tables", "setpriv", "/usr/bin/python3"],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redirect_v4_v6_and_v4_mapped_reach_the_original_destination() {
     require_root_and_tools();
-    let ns = Netns::new();
+    let ns = Netns::new("mbtest");
     // Non-root traffic to port 25 goes to mailbrake; mailbrake (root) dials out unredirected.
     let catch = [
         "-m",

@@ -10,64 +10,14 @@ mod common;
 
 use std::process::{Child, Command, Stdio};
 
-use common::upstream::{Opts, Upstream};
+use common::netns::{Netns, require_root_and};
 use common::*;
 
 /// The uids of the two hosting customers; setpriv needs no passwd entry.
 const UID_A: u32 = 65534;
 const UID_B: u32 = 65533;
 
-/// A network namespace, deleted on drop (as in transparent.rs).
-struct Netns {
-    name: String,
-}
-
 impl Netns {
-    fn new() -> Netns {
-        let name = format!("mbuids-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        run(&["ip", "netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn exec(&self, args: &[&str]) {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        run(&all);
-    }
-
-    fn prefix(&self) -> Vec<&str> {
-        vec!["ip", "netns", "exec", &self.name]
-    }
-
-    /// Starts a recording upstream inside the namespace, on `bind`.
-    fn upstream(&self, bind: &str) -> Upstream {
-        let path = format!("/run/netns/{}", self.name);
-        let bind = bind.parse().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // Sockets created by this thread from now on live in the namespace.
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let up = Upstream::start(Opts {
-                    bind: Some(bind),
-                    ..Opts::default()
-                })
-                .await;
-                tx.send(up).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
-    }
-
     /// Starts python's smtplib as `uid`, sending one message to the three
     /// recipients `TAG-1@remote.test` .. `TAG-3@remote.test` through
     /// `host`:25. It prints one `REFUSED <rcpt> <code> <text>` line per
@@ -104,40 +54,11 @@ print('SENT')
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => panic!("`{}` failed: {other:?}", args.join(" ")),
-    }
-}
-
 fn require_root_and_tools() {
-    if !nix::unistd::Uid::effective().is_root() {
-        panic!(
-            "VHOST-BY-UID TEST CANNOT RUN: it needs root for `ip netns`, iptables and \
-             setpriv (CI runs as root). This is a failure, not a skip."
-        );
-    }
-    for tool in ["ip", "iptables", "setpriv", "/usr/bin/python3"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        assert!(
-            found,
-            "VHOST-BY-UID TEST CANNOT RUN: `{tool}` is missing (.ci/run installs iproute2, iptables, util-linux, python3)"
-        );
-    }
+    require_root_and(
+        "VHOST-BY-UID",
+        &["ip", "iptables", "setpriv", "/usr/bin/python3"],
+    );
 }
 
 /// Waits for a client; returns its `REFUSED` lines as (recipient, reply).
@@ -162,7 +83,7 @@ fn refused(client: Child, what: &str, mb: &Mailbrake) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
     require_root_and_tools();
-    let ns = Netns::new();
+    let ns = Netns::new("mbuids");
     // Non-root traffic to 127.0.0.2:25 goes to mailbrake; mailbrake (root)
     // dials the original destination unredirected.
     ns.exec(&[

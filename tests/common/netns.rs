@@ -1,0 +1,96 @@
+//! A network namespace of the test's own, for transparent-mode tests: made
+//! on creation, deleted on drop. Everything in it stays on its loopback.
+
+use std::process::Command;
+
+use super::upstream::{Opts, Upstream};
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `tag` keeps the names of concurrently running test binaries apart.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn exec(&self, args: &[&str]) {
+        let mut all = vec!["ip", "netns", "exec", &self.name];
+        all.extend_from_slice(args);
+        run(&all);
+    }
+
+    pub fn prefix(&self) -> Vec<&str> {
+        vec!["ip", "netns", "exec", &self.name]
+    }
+
+    /// Starts a recording upstream inside the namespace, on `bind`.
+    pub fn upstream(&self, bind: &str) -> Upstream {
+        let path = format!("/run/netns/{}", self.name);
+        let bind = bind.parse().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // Sockets created by this thread from now on live in the namespace.
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let up = Upstream::start(Opts {
+                    bind: Some(bind),
+                    ..Opts::default()
+                })
+                .await;
+                tx.send(up).unwrap();
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv().unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(args: &[&str]) {
+    let status = Command::new(args[0]).args(&args[1..]).status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!("`{}` failed: {other:?}", args.join(" ")),
+    }
+}
+
+/// Fails the test (never skips it) unless it runs as root with `tools`.
+pub fn require_root_and(what: &str, tools: &[&str]) {
+    if !nix::unistd::Uid::effective().is_root() {
+        panic!(
+            "{what} TEST CANNOT RUN: it needs root for `ip netns`, iptables and setpriv \
+             (CI runs as root). This is a failure, not a skip."
+        );
+    }
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "{what} TEST CANNOT RUN: `{tool}` is missing (.ci/run installs iproute2, iptables, util-linux, python3)"
+        );
+    }
+}
