@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use metrics::{counter, histogram};
+
 use crate::leg::Leg;
+use crate::metrics as m;
 use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
 
 /// Read buffer per leg.
@@ -51,6 +54,8 @@ pub struct DriverEnv {
     pub write_timeout: Duration,
     /// Cancelled when mailbrake stops waiting for sessions to finish.
     pub stop: CancellationToken,
+    /// The listener's name, for metrics labels.
+    pub listener: Arc<str>,
 }
 
 /// The clock seam: the only clock read on a session's path.
@@ -58,13 +63,43 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// Runs `session` until it closes. `initial` are actions to carry out first.
+/// Runs `session` until it closes.
 pub async fn drive<C, U>(
     session: &mut Session,
     client: &mut Leg<C>,
     upstream: &mut Leg<U>,
     policy: &mut dyn SessionPolicy,
     env: &DriverEnv,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut to_client, mut to_upstream) = (0u64, 0u64);
+    run(
+        session,
+        client,
+        upstream,
+        policy,
+        env,
+        &mut to_client,
+        &mut to_upstream,
+    )
+    .await;
+    let l = env.listener.clone();
+    counter!(m::RELAYED_BYTES, "listener" => l.clone(), "direction" => "upstream_to_client")
+        .increment(to_client);
+    counter!(m::RELAYED_BYTES, "listener" => l, "direction" => "client_to_upstream")
+        .increment(to_upstream);
+}
+
+async fn run<C, U>(
+    session: &mut Session,
+    client: &mut Leg<C>,
+    upstream: &mut Leg<U>,
+    policy: &mut dyn SessionPolicy,
+    env: &DriverEnv,
+    to_client: &mut u64,
+    to_upstream: &mut u64,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -85,6 +120,7 @@ pub async fn drive<C, U>(
             match action {
                 Action::ToClient(bytes) => {
                     wrote_client = true;
+                    *to_client += bytes.len() as u64;
                     if let Err(e) = bounded(client.write_all(&bytes), env.write_timeout).await {
                         tracing::info!(error = %e, "client not reading; closing");
                         return;
@@ -92,6 +128,7 @@ pub async fn drive<C, U>(
                 }
                 Action::ToUpstream(bytes) => {
                     wrote_upstream = true;
+                    *to_upstream += bytes.len() as u64;
                     if let Err(e) = bounded(upstream.write_all(&bytes), env.write_timeout).await {
                         tracing::debug!(error = %e, "upstream write failed");
                         pending.extend(session.on_upstream_eof(now()));
@@ -101,11 +138,18 @@ pub async fn drive<C, U>(
                     let _ = client.flush().await;
                     wrote_client = false;
                     let result = match &env.server_tls {
-                        Some(cfg) => handshake(client.accept_tls(cfg.clone()), env.tls_handshake)
-                            .await
-                            .map(|info| {
+                        Some(cfg) => {
+                            let r =
+                                handshake(client.accept_tls(cfg.clone()), env.tls_handshake).await;
+                            crate::metrics::tls_handshake(
+                                "client",
+                                r.as_ref().ok().map(|i| i.version),
+                            );
+                            r.map(|info| {
+                                tracing::Span::current().record("tls", info.version);
                                 tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
-                            }),
+                            })
+                        }
                         None => Err("no certificate configured".to_string()),
                     };
                     pending.extend(session.on_client_tls(result, now()));
@@ -130,7 +174,20 @@ pub async fn drive<C, U>(
                     let verdict = policy.check_rcpt(&check);
                     pending.extend(session.on_rcpt_verdict(verdict, now()));
                 }
-                Action::Tx(event) => policy.on_tx(event),
+                Action::Tx(event) => {
+                    if let TxEvent::End {
+                        delivered,
+                        message: Some(info),
+                    } = event
+                    {
+                        let result = if delivered { "accepted" } else { "refused" };
+                        counter!(m::MESSAGES, "listener" => env.listener.clone(), "result" => result)
+                            .increment(1);
+                        histogram!(m::END_OF_DATA_SECONDS, "listener" => env.listener.clone())
+                            .record(info.waited.as_secs_f64());
+                    }
+                    policy.on_tx(event);
+                }
                 Action::CheckAuth(user) => {
                     let allowed = policy.check_auth(user.as_ref());
                     pending.extend(session.on_auth_verdict(allowed, now()));

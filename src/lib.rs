@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`admin`]: the `[admin] bind` HTTP endpoint (`/metrics`) and the refresh of read gauges.
+//! - [`metrics`]: every metric's name, help, buckets and start-up series.
 //! - [`config`]: the TOML file, read → parse → validate, every error at once.
 //! - [`session`]: the SMTP dialogue as a pure state machine: client bytes,
 //!   upstream bytes, TLS and policy events in; bytes to send, TLS upgrades and
@@ -22,10 +24,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod driver;
 pub mod leg;
 pub mod limits;
+pub mod metrics;
 pub mod orig_dst;
 pub mod owner;
 pub mod protect;

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +21,7 @@ use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
 use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
+use crate::metrics as m;
 use crate::protect::Protect;
 use crate::proxy_protocol::{self, Inbound};
 use crate::session::{Failure, Session, SessionConfig};
@@ -38,6 +39,8 @@ pub struct ListenerRuntime {
     /// Every listener's bind address, for loop detection.
     pub binds: Arc<Vec<SocketAddr>>,
     pub vhosts: Arc<Vhosts>,
+    /// Sessions in progress (kept across reloads, read by the metrics).
+    pub active: Arc<AtomicI64>,
 }
 
 impl ListenerRuntime {
@@ -76,6 +79,7 @@ impl ListenerRuntime {
             connect_timeout: config.timeouts.connect,
             binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
             vhosts: Arc::new(Vhosts::new(&config.vhosts)),
+            active: Arc::new(AtomicI64::new(0)),
         })
     }
 }
@@ -135,6 +139,26 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     };
     let keeper = crate::state::start(limiter.clone(), &config.state.dir)
         .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
+    let names: Vec<String> = runtimes.iter().map(|rt| rt.cfg.name.clone()).collect();
+    let handle = crate::metrics::install(&names).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let admin_stop = CancellationToken::new();
+    let admin = crate::admin::serve(config.admin.bind, handle.clone(), admin_stop.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
+    tracing::info!(bind = %admin, "admin endpoint ready: /metrics");
+    let active: crate::admin::ActiveSessions = runtimes
+        .iter()
+        .map(|rt| (rt.cfg.name.clone(), rt.active.clone()))
+        .collect();
+    let top = config.admin.metrics_top_senders.get();
+    crate::admin::refresh_once(&limiter, &active, top);
+    tokio::spawn(crate::admin::refresh(
+        limiter.clone(),
+        active,
+        top,
+        handle,
+        admin_stop.clone(),
+    ));
     for rt in runtimes {
         let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
             anyhow::anyhow!(
@@ -164,7 +188,10 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                if let Some(new) = reload(&path, &running) {
+                let reloaded = reload(&path, &running);
+                let result = if reloaded.is_some() { "success" } else { "failure" };
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).increment(1);
+                if let Some(new) = reloaded {
                     limiter.set_policy(&Policy::new(&new.limits));
                     if new.protect != config.protect {
                         *protect.write().unwrap_or_else(|e| e.into_inner()) =
@@ -198,6 +225,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         tracker.wait().await;
     }
     pruner.abort();
+    admin_stop.cancel();
     keeper.stop();
     tracing::info!("stopped");
     Ok(())
@@ -248,6 +276,7 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Option<Config> {
                     }
                 }
                 rt.sessions = old.sessions.clone();
+                rt.active = old.active.clone();
                 let _ = r.tx.send(Arc::new(rt));
             }
             Some(r) => {
@@ -310,7 +339,12 @@ async fn accept_loop(
         };
         let rt = rx.borrow().clone();
         let protect = current(&protect);
+        let refused = |reason: &'static str| {
+            metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => rt.cfg.name.clone(), "reason" => reason)
+                .increment(1);
+        };
         if !protect.allow_connection(peer.ip()) {
+            refused("connection_rate");
             let host = rt.session.hostname.clone();
             let span = tracing::info_span!("session", listener = %rt.cfg.name, client = %peer);
             tokio::spawn(
@@ -320,7 +354,20 @@ async fn accept_loop(
             continue;
         }
         let permit = rt.sessions.clone().try_acquire_owned().ok();
-        let span = tracing::info_span!("session", id = %session_id(), listener = %rt.cfg.name, client = %peer, sender = tracing::field::Empty);
+        if permit.is_none() {
+            refused("max_sessions");
+        } else {
+            metrics::counter!(m::CONNECTIONS_ACCEPTED, "listener" => rt.cfg.name.clone())
+                .increment(1);
+        }
+        let span = tracing::info_span!(
+            "session",
+            id = %session_id(),
+            listener = %rt.cfg.name,
+            client = %peer,
+            sender = tracing::field::Empty,
+            tls = tracing::field::Empty
+        );
         let limiter = limiter.clone();
         let env = DriverEnv {
             server_tls: rt.server_tls.clone(),
@@ -328,6 +375,7 @@ async fn accept_loop(
             tls_handshake: rt.tls_handshake,
             write_timeout: rt.session.timeouts.client_command,
             stop: stop.clone(),
+            listener: rt.cfg.name.as_str().into(),
         };
         tracker.spawn(
             async move {
@@ -339,7 +387,14 @@ async fn accept_loop(
                         return;
                     }
                 };
+                let started = tokio::time::Instant::now();
+                let name = rt.cfg.name.clone();
+                let active = rt.active.clone();
+                active.fetch_add(1, Ordering::Relaxed);
                 serve(stream, peer, rt, env, limiter, protect).await;
+                active.fetch_sub(1, Ordering::Relaxed);
+                metrics::histogram!(m::SESSION_DURATION, "listener" => name)
+                    .record(started.elapsed().as_secs_f64());
             }
             .instrument(span),
         );
@@ -432,7 +487,11 @@ async fn serve(
     }
     let dest = match upstream::destination(&rt.cfg.upstream, &stream, peer) {
         Ok(d) => d,
-        Err(f) => return refuse(stream, &f, &rt.session.hostname).await,
+        Err(f) => {
+            metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => rt.cfg.name.clone(), "reason" => "unreachable")
+                .increment(1);
+            return refuse(stream, &f, &rt.session.hostname).await;
+        }
     };
     if let upstream::Destination::Addr(a) = &dest
         && rt.cfg.upstream == UpstreamTarget::OriginalDestination
@@ -451,8 +510,18 @@ async fn serve(
         let Some(cfg) = rt.server_tls.clone() else {
             return;
         };
-        match tokio::time::timeout(rt.tls_handshake, client_leg.accept_tls(cfg)).await {
+        let shake = tokio::time::timeout(rt.tls_handshake, client_leg.accept_tls(cfg)).await;
+        m::tls_handshake(
+            "client",
+            shake
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .map(|i| i.version),
+        );
+        match shake {
             Ok(Ok(info)) => {
+                tracing::Span::current().record("tls", info.version);
                 tracing::info!(version = info.version, sni = ?info.sni, "client TLS established")
             }
             Ok(Err(e)) => return tracing::info!(error = %e, "client TLS handshake failed"),
@@ -462,6 +531,7 @@ async fn serve(
     tracing::info!(upstream = %dest, client = %client.0, "session start");
 
     let host = rt.session.hostname.clone();
+    let listener = rt.cfg.name.as_str();
     let tls_name = match &rt.client_tls {
         None => None,
         Some(cfg) => {
@@ -477,36 +547,48 @@ async fn serve(
                 Ok(n) => Some((cfg.clone(), n)),
                 Err(e) => {
                     let f = Failure::UpstreamTls(e.to_string());
-                    return finish_early(client_leg, &f, &host).await;
+                    return finish_early(client_leg, &f, &host, listener).await;
                 }
             }
         }
     };
     env.upstream_tls = tls_name;
 
+    let dialling = tokio::time::Instant::now();
     let mut up = match upstream::connect(&dest, local, &rt.binds, rt.connect_timeout).await {
         Ok(s) => s,
-        Err(f) => return finish_early(client_leg, &f, &host).await,
+        Err(f) => return finish_early(client_leg, &f, &host, listener).await,
     };
+    metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "listener" => listener.to_owned())
+        .record(dialling.elapsed().as_secs_f64());
     if let Some(version) = rt.cfg.upstream_proxy_protocol
         && let Err(f) = upstream::send_proxy_header(&mut up, version, client, dialled).await
     {
-        return finish_early(client_leg, &f, &host).await;
+        return finish_early(client_leg, &f, &host, listener).await;
     }
     let mut up_leg = Leg::Plain(up);
     if rt.cfg.upstream_tls == UpstreamTls::Implicit {
         let Some((cfg, name)) = env.upstream_tls.clone() else {
             return;
         };
-        match tokio::time::timeout(rt.tls_handshake, up_leg.connect_tls(cfg, name)).await {
+        let shake = tokio::time::timeout(rt.tls_handshake, up_leg.connect_tls(cfg, name)).await;
+        m::tls_handshake(
+            "upstream",
+            shake
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref().ok())
+                .map(|i| i.version),
+        );
+        match shake {
             Ok(Ok(info)) => tracing::info!(version = info.version, "upstream TLS established"),
             Ok(Err(e)) => {
                 let f = Failure::UpstreamTls(e.to_string());
-                return finish_early(client_leg, &f, &host).await;
+                return finish_early(client_leg, &f, &host, listener).await;
             }
             Err(_) => {
                 let f = Failure::UpstreamTls("handshake timed out".into());
-                return finish_early(client_leg, &f, &host).await;
+                return finish_early(client_leg, &f, &host, listener).await;
             }
         }
     }
@@ -560,8 +642,15 @@ fn find_vhost(
 }
 
 /// The upstream could not be reached: tell the client and close.
-async fn finish_early(mut client: Leg<TcpStream>, failure: &Failure, host: &str) {
+async fn finish_early(mut client: Leg<TcpStream>, failure: &Failure, host: &str, listener: &str) {
     tracing::warn!(fault = %failure.fault(), "{failure}");
+    let reason = match failure {
+        Failure::UpstreamLoop(_) => "loop",
+        Failure::UpstreamTls(_) | Failure::UpstreamNoStartTls => "tls",
+        _ => "unreachable",
+    };
+    metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => listener.to_owned(), "reason" => reason)
+        .increment(1);
     if let Some(reply) = failure.reply(host) {
         let _ = client.write_all(&reply).await;
         let _ = client.flush().await;

@@ -40,6 +40,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub bind: Option<String>,
+    pub metrics_top_senders: Option<i64>,
 }
 
 /// `[state]`.

@@ -26,6 +26,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// At most this many senders get their own metric series (those at 80 %
+    /// of a limit or more, or locked; the most pressing first). Default 50.
+    pub metrics_top_senders: NonZeroUsize,
 }
 
 /// `[state]`: where mailbrake keeps its data.

@@ -113,11 +113,22 @@ impl Problems {
 // === sections ===
 
 fn admin(p: &mut Problems, raw: RawAdmin) -> Option<AdminConfig> {
+    let top = count(
+        p,
+        "admin.metrics_top_senders",
+        raw.metrics_top_senders,
+        NonZeroUsize::new(50).expect("non-zero"),
+        1,
+        "senders",
+    );
     let bind = match raw.bind {
         Some(s) => socket_addr(p, "admin.bind", &s)?,
         None => DEFAULT_ADMIN_BIND,
     };
-    Some(AdminConfig { bind })
+    Some(AdminConfig {
+        bind,
+        metrics_top_senders: top?,
+    })
 }
 
 fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {

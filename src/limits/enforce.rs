@@ -16,8 +16,10 @@ use super::policy::{clock_text, rate_text, wait_text, when_text};
 use super::{Limiter, Time};
 use crate::config::LimitAction;
 use crate::driver::SessionPolicy;
+use crate::metrics as m;
 use crate::protect::Protect;
 use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
+use metrics::counter;
 
 /// The limits, for one session.
 pub struct Enforcer {
@@ -101,11 +103,15 @@ impl SessionPolicy for Enforcer {
         let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
         if !allowed {
             tracing::warn!(user = %user.map_or("?", Username::as_str), "AUTH refused: too many failures");
+            counter!(m::AUTH_ATTEMPTS, "mechanism" => "other", "result" => "blocked").increment(1);
         }
         allowed
     }
 
-    fn on_auth(&mut self, user: Option<&Username>, _mechanism: Mechanism, ok: bool) {
+    fn on_auth(&mut self, user: Option<&Username>, mechanism: Mechanism, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        counter!(m::AUTH_ATTEMPTS, "mechanism" => mechanism.name(), "result" => result)
+            .increment(1);
         if !ok {
             let ip = self.identity.ip.expect("set at creation");
             if !self.protect.auth_failed(ip, user.map(Username::as_str)) {
@@ -117,7 +123,7 @@ impl SessionPolicy for Enforcer {
     fn on_tx(&mut self, event: TxEvent) {
         match event {
             TxEvent::RcptReply { accepted } => self.ledger.rcpt_reply(accepted),
-            TxEvent::End { delivered } => self.ledger.transaction_end(delivered),
+            TxEvent::End { delivered, .. } => self.ledger.transaction_end(delivered),
         }
     }
 }

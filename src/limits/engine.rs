@@ -445,3 +445,47 @@ impl Engine {
         (slots + heap) / self.keys.len()
     }
 }
+
+/// A sender close to (or at) its limit, or locked: for per-sender metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotSender {
+    pub key: SenderKey,
+    /// (recipients in the window + pending) / limit, for the tightest rate.
+    pub usage: f64,
+    /// Recipients in that window (pending included).
+    pub recipients: usize,
+    pub locked: bool,
+}
+
+impl Engine {
+    /// Keys at `threshold` of a limit or more, or locked; and how many are locked.
+    pub fn survey(&self, threshold: f64, now: Time, hot: &mut Vec<HotSender>) -> usize {
+        let mut locked = 0;
+        for (key, state) in &self.keys {
+            let is_locked = state
+                .lock
+                .as_ref()
+                .is_some_and(|l| l.until.is_none_or(|u| u > now));
+            locked += usize::from(is_locked);
+            let (rates, _) = self.policy.limit(key, None);
+            let mut best = (0.0f64, 0usize);
+            for r in rates {
+                let w = u32::try_from(r.window.as_secs()).unwrap_or(Time::MAX);
+                let used = state.window.count(w, now) + state.window.pending() as usize;
+                let usage = used as f64 / f64::from(r.count.max(1));
+                if usage > best.0 {
+                    best = (usage, used);
+                }
+            }
+            if is_locked || best.0 >= threshold {
+                hot.push(HotSender {
+                    key: key.clone(),
+                    usage: best.0,
+                    recipients: best.1,
+                    locked: is_locked,
+                });
+            }
+        }
+        locked
+    }
+}

@@ -31,7 +31,7 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-pub use engine::{Decision, Engine, Lock, LockReason, Refusal, Reservation, Status};
+pub use engine::{Decision, Engine, HotSender, Lock, LockReason, Refusal, Reservation, Status};
 pub use journal::{Event, Time};
 pub use key::{Identity, KeyClass, SenderKey};
 pub use policy::Policy;
@@ -165,6 +165,16 @@ impl Limiter {
     pub fn drain_journal(&self) -> Vec<Event> {
         let mut entries = Vec::new();
         self.each(|e| entries.append(&mut e.drain_journal()));
+        for e in &entries {
+            if let engine::Entry::Locked { reason, .. } = e {
+                let reason = match reason {
+                    LockReason::Refusals(_) => "refusals",
+                    LockReason::Rotation(_) => "rotation",
+                    LockReason::Operator(_) | LockReason::Restored(_) => "operator",
+                };
+                metrics::counter!(crate::metrics::LOCKS, "reason" => reason).increment(1);
+            }
+        }
         // Formatted here, with no shard locked.
         entries.into_iter().map(engine::Entry::into_event).collect()
     }
@@ -197,6 +207,18 @@ impl Limiter {
             keys += e.len();
         });
         bytes.checked_div(keys).unwrap_or(0)
+    }
+
+    /// The senders at `threshold` of a limit or more, or locked, most
+    /// pressing first, at most `top`; and how many senders are locked.
+    pub fn survey(&self, threshold: f64, top: usize) -> (Vec<HotSender>, usize) {
+        let now = self.now();
+        let mut hot = Vec::new();
+        let mut locked = 0;
+        self.each(|e| locked += e.survey(threshold, now, &mut hot));
+        hot.sort_by(|a, b| b.locked.cmp(&a.locked).then(b.usage.total_cmp(&a.usage)));
+        hot.truncate(top);
+        (hot, locked)
     }
 
     /// Loads what the store kept (start-up).

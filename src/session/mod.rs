@@ -104,8 +104,20 @@ pub enum TxEvent {
     /// The upstream answered the oldest accepted RCPT still unanswered.
     RcptReply { accepted: bool },
     /// The transaction ended: the message was accepted by the upstream
-    /// (`delivered`), or it was reset, refused, or abandoned.
-    End { delivered: bool },
+    /// (`delivered`), or it was reset, refused, or abandoned. `message` when
+    /// the upstream answered an end of data (or a last BDAT).
+    End {
+        delivered: bool,
+        message: Option<MessageInfo>,
+    },
+}
+
+/// A message whose end the upstream answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub size: u64,
+    /// From the end of data to the upstream's reply.
+    pub waited: Duration,
 }
 
 /// The policy's answer for one recipient.
@@ -202,6 +214,7 @@ struct Transaction {
     rcpt_forwarded: u32,
     rcpt_refused_locally: u32,
     rcpt_accepted: u32,
+    rcpt_refused_upstream: u32,
     size: u64,
 }
 

@@ -7,15 +7,15 @@ use std::time::Instant;
 use super::ehlo::{self, Offer};
 use super::replies::Failure;
 use super::reply::Reply;
-use super::{Action, Expect, Phase, Session, Slot, TxEvent};
+use super::{Action, Expect, MessageInfo, Phase, Session, Slot, TxEvent};
 use crate::config::{ClientTls, UpstreamTls};
 
 impl Session {
     /// One whole reply from the upstream.
     pub(super) fn on_reply(&mut self, reply: Reply, now: Instant) {
         self.flush_local();
-        let expect = match self.queue.pop_front() {
-            Some(Slot::Upstream { expect, .. }) => expect,
+        let (expect, since) = match self.queue.pop_front() {
+            Some(Slot::Upstream { expect, since }) => (expect, since),
             other => {
                 if let Some(slot) = other {
                     self.queue.push_front(slot);
@@ -60,7 +60,10 @@ impl Session {
             }
             Expect::Ehlo => {
                 self.sync = false;
-                self.act(Action::Tx(TxEvent::End { delivered: false }));
+                self.act(Action::Tx(TxEvent::End {
+                    delivered: false,
+                    message: None,
+                }));
                 if reply.code == 250 {
                     self.upstream_chunking = reply
                         .texts()
@@ -76,21 +79,31 @@ impl Session {
             Expect::Helo | Expect::Quit => {
                 self.sync = false;
                 if expect == Expect::Helo {
-                    self.act(Action::Tx(TxEvent::End { delivered: false }));
+                    self.act(Action::Tx(TxEvent::End {
+                        delivered: false,
+                        message: None,
+                    }));
                 }
                 self.relay(reply);
             }
             Expect::Mail { opens } => {
                 if opens && !reply.is_positive() {
                     self.tx = None;
-                    self.act(Action::Tx(TxEvent::End { delivered: false }));
+                    self.act(Action::Tx(TxEvent::End {
+                        delivered: false,
+                        message: None,
+                    }));
                 }
                 self.relay(reply);
             }
             Expect::Rcpt { checked } => {
                 let accepted = reply.is_positive();
-                if accepted && let Some(tx) = &mut self.tx {
-                    tx.rcpt_accepted += 1;
+                if let Some(tx) = &mut self.tx {
+                    if accepted {
+                        tx.rcpt_accepted += 1;
+                    } else {
+                        tx.rcpt_refused_upstream += 1;
+                    }
                 }
                 if checked {
                     self.act(Action::Tx(TxEvent::RcptReply { accepted }));
@@ -105,9 +118,15 @@ impl Session {
                 self.relay(reply);
             }
             Expect::DataEnd | Expect::Bdat { last: true } => {
-                self.end_transaction(&reply);
+                let size = self.end_transaction(&reply);
                 let delivered = reply.is_positive();
-                self.act(Action::Tx(TxEvent::End { delivered }));
+                self.act(Action::Tx(TxEvent::End {
+                    delivered,
+                    message: Some(MessageInfo {
+                        size,
+                        waited: now.saturating_duration_since(since),
+                    }),
+                }));
                 self.relay(reply);
             }
             Expect::Bdat { last: false } => self.relay(reply),
@@ -139,7 +158,10 @@ impl Session {
                 self.relay(reply);
             }
             Expect::Rset => {
-                self.act(Action::Tx(TxEvent::End { delivered: false }));
+                self.act(Action::Tx(TxEvent::End {
+                    delivered: false,
+                    message: None,
+                }));
                 self.relay(reply);
             }
             Expect::Other => self.relay(reply),
@@ -165,19 +187,23 @@ impl Session {
         self.close();
     }
 
-    fn end_transaction(&mut self, reply: &Reply) {
-        if let Some(tx) = self.tx.take() {
-            tracing::info!(
-                from = %tx.mail_from,
-                rcpts = tx.rcpt_accepted,
-                refused_locally = tx.rcpt_refused_locally,
-                size = tx.size,
-                user = %self.user.as_ref().map_or("", |u| u.as_str()),
-                code = reply.code,
-                reply = %reply.last_text(),
-                "message"
-            );
-        }
+    /// Logs the transaction's one line; returns the message size.
+    fn end_transaction(&mut self, reply: &Reply) -> u64 {
+        let Some(tx) = self.tx.take() else {
+            return 0;
+        };
+        tracing::info!(
+            from = %tx.mail_from,
+            rcpts = tx.rcpt_accepted,
+            refused_by_limit = tx.rcpt_refused_locally,
+            refused_by_upstream = tx.rcpt_refused_upstream,
+            size = tx.size,
+            user = %self.user.as_ref().map_or("", |u| u.as_str()),
+            code = reply.code,
+            reply = %reply.last_text(),
+            "message"
+        );
+        tx.size
     }
 
     fn on_greeting(&mut self, reply: Reply, now: Instant) {

@@ -94,7 +94,14 @@ impl Mailbrake {
     pub fn start_with(prefix: &[&str], config: &str) -> Mailbrake {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mailbrake.toml");
-        std::fs::write(&path, config).unwrap();
+        // Tests run side by side: unless a test chooses, the admin endpoint
+        // takes a free port (its address is logged as "admin endpoint ready").
+        let config = if config.contains("[admin]") {
+            config.to_string()
+        } else {
+            format!("[admin]\nbind = \"127.0.0.1:0\"\n{config}")
+        };
+        std::fs::write(&path, &config).unwrap();
         let bin = env!("CARGO_BIN_EXE_mailbrake");
         let (program, args) = match prefix.split_first() {
             Some((p, rest)) => (
