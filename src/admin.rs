@@ -24,11 +24,21 @@ pub const HOT_THRESHOLD: f64 = 0.8;
 /// How often read gauges are refreshed (well under the idle expiry).
 pub const REFRESH: Duration = Duration::from_secs(15);
 
+/// What the admin endpoint reads.
+pub struct AdminState {
+    pub handle: PrometheusHandle,
+    pub limiter: Arc<Limiter>,
+    pub active: ActiveSessions,
+    /// At most this many per-sender series.
+    pub top: usize,
+}
+
 /// Binds the admin listener and serves it until `stop`; returns the bound
-/// address (the configured one may have port 0).
+/// address (the configured one may have port 0). Each scrape first refreshes
+/// the read gauges, so per-sender series are never staler than the scrape.
 pub async fn serve(
     bind: SocketAddr,
-    handle: PrometheusHandle,
+    state: Arc<AdminState>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -36,14 +46,15 @@ pub async fn serve(
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let handle = handle.clone();
+            let state = state.clone();
             async move {
+                refresh_once(&state.limiter, &state.active, state.top);
                 (
                     [(
                         header::CONTENT_TYPE,
                         "text/plain; version=0.0.4; charset=utf-8",
                     )],
-                    handle.render(),
+                    state.handle.render(),
                 )
                     .into_response()
             }
@@ -63,22 +74,17 @@ pub async fn serve(
 /// Sessions in progress per listener, counted by the accept loop.
 pub type ActiveSessions = Vec<(String, Arc<AtomicI64>)>;
 
-/// Refreshes the read gauges every [`REFRESH`] until `stop`.
-pub async fn refresh(
-    limiter: Arc<Limiter>,
-    active: ActiveSessions,
-    top: usize,
-    handle: PrometheusHandle,
-    stop: CancellationToken,
-) {
+/// Refreshes the read gauges and runs the exporter's upkeep every
+/// [`REFRESH`] until `stop`, scraped or not.
+pub async fn refresh(state: Arc<AdminState>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(REFRESH);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        refresh_once(&limiter, &active, top);
-        handle.run_upkeep();
+        refresh_once(&state.limiter, &state.active, state.top);
+        state.handle.run_upkeep();
     }
 }
 

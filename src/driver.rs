@@ -158,14 +158,17 @@ async fn run<C, U>(
                     let _ = upstream.flush().await;
                     wrote_upstream = false;
                     let result = match &env.upstream_tls {
-                        Some((cfg, name)) => handshake(
-                            upstream.connect_tls(cfg.clone(), name.clone()),
-                            env.tls_handshake,
-                        )
-                        .await
-                        .map(|info| {
-                            tracing::info!(version = info.version, "upstream TLS established");
-                        }),
+                        Some((cfg, name)) => {
+                            let r = handshake(
+                                upstream.connect_tls(cfg.clone(), name.clone()),
+                                env.tls_handshake,
+                            )
+                            .await;
+                            m::tls_handshake("upstream", r.as_ref().ok().map(|i| i.version));
+                            r.map(|info| {
+                                tracing::info!(version = info.version, "upstream TLS established");
+                            })
+                        }
                         None => Err("upstream TLS not configured".to_string()),
                     };
                     pending.extend(session.on_upstream_tls(result, now()));

@@ -142,23 +142,21 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let names: Vec<String> = runtimes.iter().map(|rt| rt.cfg.name.clone()).collect();
     let handle = crate::metrics::install(&names).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let admin_stop = CancellationToken::new();
-    let admin = crate::admin::serve(config.admin.bind, handle.clone(), admin_stop.clone())
+    let admin = Arc::new(crate::admin::AdminState {
+        handle,
+        limiter: limiter.clone(),
+        active: runtimes
+            .iter()
+            .map(|rt| (rt.cfg.name.clone(), rt.active.clone()))
+            .collect(),
+        top: config.admin.metrics_top_senders.get(),
+    });
+    crate::admin::refresh_once(&admin.limiter, &admin.active, admin.top);
+    let bound = crate::admin::serve(config.admin.bind, admin.clone(), admin_stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
-    tracing::info!(bind = %admin, "admin endpoint ready: /metrics");
-    let active: crate::admin::ActiveSessions = runtimes
-        .iter()
-        .map(|rt| (rt.cfg.name.clone(), rt.active.clone()))
-        .collect();
-    let top = config.admin.metrics_top_senders.get();
-    crate::admin::refresh_once(&limiter, &active, top);
-    tokio::spawn(crate::admin::refresh(
-        limiter.clone(),
-        active,
-        top,
-        handle,
-        admin_stop.clone(),
-    ));
+    tracing::info!(bind = %bound, "admin endpoint ready: /metrics");
+    tokio::spawn(crate::admin::refresh(admin, admin_stop.clone()));
     for rt in runtimes {
         let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
             anyhow::anyhow!(
@@ -501,9 +499,6 @@ async fn serve(
 
     let vhost = find_vhost(&rt.vhosts, client, dialled, proxied);
     let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost);
-    if let Some(key) = policy.key() {
-        tracing::Span::current().record("sender", tracing::field::display(&key));
-    }
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {

@@ -62,6 +62,7 @@ pub fn start(limiter: Arc<Limiter>, dir: &Path) -> Result<StateKeeper, StateErro
                         events = events.len(),
                         "cannot write the limits database: {e}"
                     );
+                    metrics::counter!(crate::metrics::STATE_WRITE_ERRORS).increment(1);
                 }
                 if last {
                     break;

@@ -38,7 +38,7 @@ impl Enforcer {
         ip: IpAddr,
         vhost: Option<String>,
     ) -> Self {
-        Enforcer {
+        let mut enforcer = Enforcer {
             ledger: Ledger::new(limiter.clone()),
             limiter,
             protect,
@@ -48,7 +48,13 @@ impl Enforcer {
                 ip: Some(ip),
             },
             last_key: None,
+        };
+        // The session's first key, in the span's `sender` field once.
+        enforcer.last_key = enforcer.key();
+        if let Some(key) = &enforcer.last_key {
+            tracing::Span::current().record("sender", tracing::field::display(key));
         }
+        enforcer
     }
 
     /// The key the session would be counted under now.
@@ -71,6 +77,11 @@ impl SessionPolicy for Enforcer {
         let mail_from = check
             .first_in_transaction
             .then_some(check.mail_from.as_str());
+        let class = key.class().as_str();
+        let count = |outcome: &'static str, decision: &'static str| {
+            counter!(m::RECIPIENTS, "class" => class, "outcome" => outcome).increment(1);
+            counter!(m::LIMIT_DECISIONS, "result" => decision).increment(1);
+        };
         match self.limiter.check(&key, self.identity.ip, mail_from) {
             Decision::Accept(r) => {
                 if !self.protect.allow_rcpt(&key) {
@@ -78,14 +89,17 @@ impl SessionPolicy for Enforcer {
                     let text =
                         format!("450 4.7.1 Too many recipients too quickly for {key}; slow down");
                     tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
+                    count("deferred", "over_limit");
                     return Verdict::Refuse(text);
                 }
+                count("accepted", "accepted");
                 self.ledger.forwarded(r);
                 Verdict::Accept
             }
             Decision::Observed(r, refusal) => {
                 let text = refusal_text(&key, &refusal, LimitAction::Observe, &self.limiter);
                 tracing::info!(sender = %key, rcpt = %check.recipient, would_reply = %text, "over the limit (observe mode: accepted)");
+                count("observed", "observed");
                 self.ledger.forwarded(r);
                 Verdict::Accept
             }
@@ -93,6 +107,16 @@ impl SessionPolicy for Enforcer {
                 let action = self.limiter.action();
                 let text = refusal_text(&key, &refusal, action, &self.limiter);
                 tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
+                let outcome = if text.starts_with('5') {
+                    "rejected"
+                } else {
+                    "deferred"
+                };
+                let decision = match refusal {
+                    Refusal::OverLimit(_) => "over_limit",
+                    Refusal::Locked(_) => "locked",
+                };
+                count(outcome, decision);
                 Verdict::Refuse(text)
             }
         }
