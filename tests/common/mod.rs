@@ -304,7 +304,7 @@ impl Raw {
     }
 
     async fn fill(&mut self) -> bool {
-        let mut tmp = [0u8; 65536];
+        let mut tmp = vec![0u8; 65536];
         let read = async {
             match &mut self.io {
                 RawIo::Plain(s) => s.read(&mut tmp).await,

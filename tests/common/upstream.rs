@@ -154,7 +154,7 @@ struct Conn {
 
 impl Conn {
     async fn read_more(&mut self) -> std::io::Result<bool> {
-        let mut tmp = [0u8; 65536];
+        let mut tmp = vec![0u8; 65536];
         let n = match &mut self.io {
             Io::Plain(s) => s.read(&mut tmp).await?,
             Io::Tls(s) => s.read(&mut tmp).await?,
