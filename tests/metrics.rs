@@ -156,7 +156,9 @@ async fn traffic(port: u16, up: &mut Upstream) {
 }
 
 fn check_expected(s: &BTreeMap<String, f64>) {
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    /// (metric, labels, value)
+    type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+    let expected: &[Expected] = &[
         (
             "mailbrake_connections_accepted_total",
             &[("listener", "plain")],
