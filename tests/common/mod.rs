@@ -389,3 +389,62 @@ impl Raw {
         })
     }
 }
+
+// === metrics ===
+
+/// `GET /metrics`, as Prometheus would.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: mailbrake\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    body.to_string()
+}
+
+/// Every sample of a scrape: `name{labels}` (labels sorted) → value.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let key = match series.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => series.to_string(),
+        };
+        out.insert(key, value.parse().unwrap());
+    }
+    out
+}
+
+/// The admin address from mailbrake's log.
+pub fn admin_addr(mb: &mut Mailbrake) -> SocketAddr {
+    // Logged before the listeners, so already read by `Mailbrake::start`.
+    let logs = mb.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("admin endpoint ready"))
+        .expect("mailbrake logs its admin address");
+    let bind = line
+        .split("bind=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    bind.parse().unwrap()
+}
