@@ -61,8 +61,11 @@ sink_user=()
 smtp-sink "${sink_user[@]}" -d "$work/dump/%M." 127.0.0.1:10025 100 &
 pids+=($!)
 
-"$bin" check-config -c config/mailbrake.toml
-"$bin" run -c config/mailbrake.toml 2>"$work/mailbrake.log" &
+# The example configuration, with its state in this run's own directory so
+# that every demo starts with empty counters.
+sed "s|^dir = \"state\"|dir = \"$work/state\"|" config/mailbrake.toml >"$work/mailbrake.toml"
+"$bin" check-config -c "$work/mailbrake.toml"
+"$bin" run -c "$work/mailbrake.toml" 2>"$work/mailbrake.log" &
 mb=$!
 pids+=($mb)
 
