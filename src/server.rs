@@ -152,7 +152,23 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         top: config.admin.metrics_top_senders.get(),
     });
     crate::admin::refresh_once(&admin.limiter, &admin.active, admin.top);
-    let bound = crate::admin::serve(config.admin.bind, admin.clone(), admin_stop.clone())
+    let (reload_tx, mut reload_requests) = tokio::sync::mpsc::channel(4);
+    let api = Arc::new(crate::admin::api::Api {
+        limiter: limiter.clone(),
+        store: std::sync::Mutex::new(
+            crate::limits::store::Store::open(&config.state.dir)
+                .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?,
+        ),
+        token: admin_token(&config.admin)?,
+        started: std::time::Instant::now(),
+        listeners: admin.active.clone(),
+        binds: config.listeners.iter().map(|l| l.bind.to_string()).collect(),
+        reload: reload_tx,
+    });
+    let admin_listener = TcpListener::bind(config.admin.bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
+    let bound = crate::admin::serve(admin_listener, admin.clone(), api, admin_stop.clone())
         .await
         .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
     tracing::info!(bind = %bound, "admin endpoint ready: /metrics");
@@ -183,24 +199,33 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         ));
     }
 
+    // SIGHUP and the admin API's reload do the same.
+    let apply_reload = |config: &mut Config| -> Result<(), String> {
+        let reloaded = reload(&path, &running);
+        let result = if reloaded.is_ok() { "success" } else { "failure" };
+        metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).increment(1);
+        let new = reloaded?;
+        limiter.set_policy(&Policy::new(&new.limits));
+        if new.protect != config.protect {
+            *protect.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Protect::new(&new.protect));
+            config.protect = new.protect.clone();
+        }
+        if new.server.log_format != config.server.log_format {
+            tracing::warn!("log_format changed: needs a restart");
+        }
+        if new.admin.bind != config.admin.bind {
+            tracing::warn!("admin.bind changed: needs a restart");
+        }
+        config.server.drain_timeout = new.server.drain_timeout;
+        Ok(())
+    };
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let reloaded = reload(&path, &running);
-                let result = if reloaded.is_some() { "success" } else { "failure" };
-                metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).increment(1);
-                if let Some(new) = reloaded {
-                    limiter.set_policy(&Policy::new(&new.limits));
-                    if new.protect != config.protect {
-                        *protect.write().unwrap_or_else(|e| e.into_inner()) =
-                            Arc::new(Protect::new(&new.protect));
-                        config.protect = new.protect.clone();
-                    }
-                    if new.server.log_format != config.server.log_format {
-                        tracing::warn!("log_format changed: needs a restart");
-                    }
-                    config.server.drain_timeout = new.server.drain_timeout;
-                }
+                let _ = apply_reload(&mut config);
+            }
+            Some(reply) = reload_requests.recv() => {
+                let _ = reply.send(apply_reload(&mut config));
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -229,25 +254,47 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin API's token: `MAILBRAKE_ADMIN_TOKEN`, else `[admin] token_file`.
+/// Required when the admin listener is reachable from beyond loopback.
+fn admin_token(admin: &crate::config::AdminConfig) -> anyhow::Result<Option<String>> {
+    let token = match std::env::var("MAILBRAKE_ADMIN_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+        _ => match &admin.token_file {
+            Some(path) => {
+                let t = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
+                Some(t.trim().to_owned()).filter(|t| !t.is_empty())
+            }
+            None => None,
+        },
+    };
+    if token.is_none() && !admin.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "admin.bind {} is reachable beyond loopback: set admin.token_file (or \
+             MAILBRAKE_ADMIN_TOKEN) so the admin API requires a token",
+            admin.bind
+        );
+    }
+    Ok(token)
+}
+
 /// SIGHUP: reads the file again; new settings and certificates apply to new
 /// sessions. A listener added, removed or re-bound needs a restart, and so
 /// does a new log format. Returns the new configuration if it was applied.
-fn reload(path: &std::path::Path, running: &[Running]) -> Option<Config> {
+fn reload(path: &std::path::Path, running: &[Running]) -> Result<Config, String> {
     let config = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("reload failed, keeping the running configuration: {e}");
-            return None;
+            return Err(e.to_string());
         }
     };
     let runtimes = match build_all(&config) {
         Ok(r) => r,
         Err(errors) => {
-            tracing::error!(
-                "reload failed, keeping the running configuration: {}",
-                errors.join("; ")
-            );
-            return None;
+            let text = errors.join("; ");
+            tracing::error!("reload failed, keeping the running configuration: {text}");
+            return Err(text);
         }
     };
     for mut rt in runtimes {
@@ -289,7 +336,7 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Option<Config> {
         }
     }
     tracing::info!(path = %path.display(), "configuration reloaded");
-    Some(config)
+    Ok(config)
 }
 
 /// A value replaced on reload and read by every new session.

@@ -43,6 +43,7 @@ pub fn start(limiter: Arc<Limiter>, dir: &Path) -> Result<StateKeeper, StateErro
     let snapshot = store.load(now.saturating_sub(limiter.policy().longest), now)?;
     let keys = snapshot.sent.len();
     limiter.restore(&snapshot);
+    limiter.restore_overrides(store.overrides()?);
     tracing::info!(path = %store.path().display(), keys, locks = snapshot.locks.len(), "limits restored");
     let (stop, stopped) = mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -67,6 +68,7 @@ pub fn start(limiter: Arc<Limiter>, dir: &Path) -> Result<StateKeeper, StateErro
                 if last {
                     break;
                 }
+                expire_overrides(&limiter, &mut store);
                 tick = tick.wrapping_add(1);
                 if tick.is_multiple_of(EVICT_EVERY) {
                     let evicted = limiter.evict_idle();
@@ -89,6 +91,28 @@ pub fn start(limiter: Arc<Limiter>, dir: &Path) -> Result<StateKeeper, StateErro
         stop,
         thread: Some(thread),
     })
+}
+
+/// Drops the operators' overrides whose time is up, in memory and on disk,
+/// with an audit entry each.
+fn expire_overrides(limiter: &Limiter, store: &mut Store) {
+    let now = limiter.now();
+    for o in limiter.expire_overrides(now) {
+        let s = &o.stored;
+        tracing::info!(sender = %s.key, limit = %s.limit, reason = %s.reason, "override expired");
+        let audit = crate::limits::store::AuditEntry {
+            at: now,
+            who: "mailbrake".into(),
+            action: "expire".into(),
+            key: s.key.clone(),
+            old: Some(if s.exempt { "exempt".into() } else { s.limit.clone() }),
+            new: None,
+            reason: format!("expired (set by {}: {})", s.who, s.reason),
+        };
+        if let Err(e) = store.remove_override(&s.key, &audit) {
+            tracing::error!("cannot record an expired override: {e}");
+        }
+    }
 }
 
 impl StateKeeper {

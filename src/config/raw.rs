@@ -41,6 +41,7 @@ pub(super) struct RawConfig {
 pub(super) struct RawAdmin {
     pub bind: Option<String>,
     pub metrics_top_senders: Option<i64>,
+    pub token_file: Option<String>,
 }
 
 /// `[state]`.

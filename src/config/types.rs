@@ -29,6 +29,9 @@ pub struct AdminConfig {
     /// At most this many senders get their own metric series (those at 80 %
     /// of a limit or more, or locked; the most pressing first). Default 50.
     pub metrics_top_senders: NonZeroUsize,
+    /// File holding the admin API's bearer token (required when `bind` is
+    /// not loopback, unless `MAILBRAKE_ADMIN_TOKEN` is set).
+    pub token_file: Option<PathBuf>,
 }
 
 /// `[state]`: where mailbrake keeps its data.

@@ -125,9 +125,16 @@ fn admin(p: &mut Problems, raw: RawAdmin) -> Option<AdminConfig> {
         Some(s) => socket_addr(p, "admin.bind", &s)?,
         None => DEFAULT_ADMIN_BIND,
     };
+    let token_file = raw.token_file.map(PathBuf::from);
+    if let Some(path) = &token_file
+        && let Err(e) = std::fs::metadata(path)
+    {
+        p.add("admin.token_file", format!("cannot read {}: {e}", path.display()));
+    }
     Some(AdminConfig {
         bind,
         metrics_top_senders: top?,
+        token_file,
     })
 }
 

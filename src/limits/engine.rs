@@ -332,6 +332,20 @@ impl Engine {
         true
     }
 
+    /// Forgets `key`'s counts, refusals and senders (reservations in flight
+    /// stay: their transactions still end).
+    pub fn reset(&mut self, key: &SenderKey, now: Time) {
+        if let Some(state) = self.keys.get_mut(key) {
+            let pending = state.window.pending();
+            state.window = Window::default();
+            for _ in 0..pending {
+                state.window.reserve();
+            }
+            state.refusals = (now, 0);
+            state.senders.clear();
+        }
+    }
+
     /// The recipient was sent (the upstream accepted the message).
     pub fn commit(&mut self, r: Reservation, now: Time) {
         self.journal.push(Entry::Sent {

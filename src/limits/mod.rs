@@ -7,6 +7,8 @@
 //! - [`engine`]: per-key windows, rotation, locks; pure, clock-injected.
 //! - [`journal`]: what the engine changed, for the store.
 //! - [`store`]: the embedded database (SQLite) that survives restarts.
+//! - [`operate`]: what operators do at run time: overrides that expire,
+//!   exemptions, resets.
 //! - [`ledger`]: one session's reservations, committed or released as its
 //!   transactions end, released when it disconnects.
 //!
@@ -19,6 +21,7 @@ pub mod engine;
 pub mod journal;
 pub mod key;
 pub mod ledger;
+pub mod operate;
 pub mod policy;
 pub mod store;
 pub mod vhosts;
@@ -65,6 +68,8 @@ pub struct Limiter {
     clock: Box<dyn Clock>,
     /// The policy as a whole, for what sessions read on every RCPT.
     policy: std::sync::RwLock<Arc<Policy>>,
+    /// Operators' overrides (see [`operate`]).
+    runtime: Mutex<std::collections::HashMap<SenderKey, operate::RuntimeOverride>>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -85,6 +90,7 @@ impl Limiter {
             hasher: Default::default(),
             clock,
             policy: std::sync::RwLock::new(policy),
+            runtime: Mutex::new(Default::default()),
         }
     }
 
@@ -139,9 +145,9 @@ impl Limiter {
         self.shard(key).status(key, client, now)
     }
 
-    /// New policy for every key (reload).
+    /// New policy for every key (reload); operators' overrides stay on top.
     pub fn set_policy(&self, policy: &Policy) {
-        let policy = Arc::new(policy.clone());
+        let policy = Arc::new(policy.clone().with_runtime(self.runtime_entries()));
         self.each(|e| e.set_policy(policy.clone()));
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }

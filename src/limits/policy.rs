@@ -50,6 +50,11 @@ pub struct Policy {
     pub longest: Time,
     /// The most send times any key needs to keep.
     pub keep: usize,
+    /// Overrides set by operators at run time: (limit, exempt). They win
+    /// over everything in the file.
+    runtime: HashMap<SenderKey, (Limit, bool)>,
+    /// The file's `[limits]`, to rebuild the policy when `runtime` changes.
+    pub config: LimitsConfig,
 }
 
 fn secs(d: std::time::Duration) -> Time {
@@ -111,14 +116,32 @@ impl Policy {
             lock_window: secs(cfg.lock_window),
             lock_duration: cfg.lock_duration.map(secs),
             contact: cfg.contact.clone(),
+            runtime: HashMap::new(),
+            config: cfg.clone(),
             longest,
             keep,
         }
     }
 
+    /// The same policy with operators' run-time overrides on top:
+    /// (key, limit, exempt).
+    pub fn with_runtime(mut self, runtime: impl IntoIterator<Item = (SenderKey, Limit, bool)>) -> Self {
+        self.runtime = runtime.into_iter().map(|(k, l, e)| (k, (l, e))).collect();
+        let most = self.runtime.values().flat_map(|(l, _)| rates(l)).map(|r| r.count as usize).max();
+        self.keep = self.keep.max(most.unwrap_or(0));
+        let longest = self.runtime.values().flat_map(|(l, _)| rates(l)).map(|r| secs(r.window)).max();
+        self.longest = self.longest.max(longest.unwrap_or(0));
+        self
+    }
+
     /// The limit for `key` sending from `client`, and where it comes from.
-    /// An override wins over an exemption, which wins over the default.
+    /// An operator's run-time override wins over the file's overrides, which
+    /// win over exemptions, which win over the default.
     pub fn limit(&self, key: &SenderKey, client: Option<IpAddr>) -> (&[Rate], Source) {
+        if let Some((limit, exempt)) = self.runtime.get(key) {
+            let source = if *exempt { Source::Exempt } else { Source::Override };
+            return (rates(limit), source);
+        }
         if let Some(limit) = self.overrides.get(key) {
             return (rates(limit), Source::Override);
         }

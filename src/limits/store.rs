@@ -48,6 +48,26 @@ const MIGRATIONS: &[&str] = &[
          until  INTEGER,
          reason TEXT    NOT NULL
      );",
+    // 2: operators' overrides and the audit trail.
+    "CREATE TABLE overrides (
+         key    TEXT    NOT NULL PRIMARY KEY,
+         exempt INTEGER NOT NULL,
+         limits TEXT    NOT NULL,
+         until  INTEGER,
+         reason TEXT    NOT NULL,
+         who    TEXT    NOT NULL,
+         at     INTEGER NOT NULL
+     );
+     CREATE TABLE audit (
+         id     INTEGER PRIMARY KEY,
+         at     INTEGER NOT NULL,
+         who    TEXT    NOT NULL,
+         action TEXT    NOT NULL,
+         key    TEXT    NOT NULL,
+         old    TEXT,
+         new    TEXT,
+         reason TEXT    NOT NULL
+     );",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).
@@ -293,6 +313,10 @@ impl Store {
         }
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open)?;
+        // The state thread and the admin API each hold a connection.
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open)
     }
 
@@ -353,6 +377,9 @@ fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
     let v: i64 = row.get(idx)?;
     u64::try_from(v).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, v))
 }
+
+mod operator;
+pub use operator::{AuditEntry, StoredOverride};
 
 #[cfg(test)]
 mod tests;

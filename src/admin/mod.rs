@@ -1,5 +1,6 @@
-//! The `[admin] bind` listener: `GET /metrics` (Prometheus exposition).
-//! Loopback by default. Also the periodic refresh of gauges that are read
+//! The `[admin] bind` listener: `GET /metrics` (Prometheus exposition) and
+//! the admin API (`/api`, see [`api`]). Loopback by default; with a token,
+//! every call needs it. Also the periodic refresh of gauges that are read
 //! rather than counted: sessions in progress, locked and resident senders,
 //! and the per-sender series of the senders close to their limits.
 
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::limits::Limiter;
 use crate::metrics as m;
 
+pub mod api;
+
 /// Senders at this share of a limit or more get series of their own.
 pub const HOT_THRESHOLD: f64 = 0.8;
 /// How often read gauges are refreshed (well under the idle expiry).
@@ -37,13 +40,13 @@ pub struct AdminState {
 /// address (the configured one may have port 0). Each scrape first refreshes
 /// the read gauges, so per-sender series are never staler than the scrape.
 pub async fn serve(
-    bind: SocketAddr,
+    listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
+    api: Arc<api::Api>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(bind).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route(
+    let metrics = Router::new().route(
         "/metrics",
         get(move || {
             let state = state.clone();
@@ -60,6 +63,8 @@ pub async fn serve(
             }
         }),
     );
+    let guard = axum::middleware::from_fn_with_state(api.clone(), api::authorise);
+    let app = api::routes(api).merge(metrics.route_layer(guard));
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

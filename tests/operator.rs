@@ -1,0 +1,280 @@
+//! The operator's workflow end to end, through the running binary: raise,
+//! exempt, clear, lock, unlock and reset change what the next RCPT gets;
+//! overrides expire on their own; every change is in the audit trail; the
+//! token is enforced; the CLI speaks to the API with meaningful exit codes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::upstream::{Opts, Upstream};
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One HTTP call to the admin API; (status, JSON body).
+async fn call(admin: SocketAddr, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: mailbrake\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn change(reason: &str) -> Value {
+    json!({"reason": reason, "who": "ops-test"})
+}
+
+/// A mailbrake with `12/1h`, plain AUTH, and the recording upstream.
+struct Rig {
+    mb: Mailbrake,
+    admin: SocketAddr,
+    port: u16,
+    _up: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
+    let up = Upstream::start(Opts {
+        any_user_password: Some("secret"),
+        ..Opts::default()
+    })
+    .await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "{admin_section}[server]\nhostname = \"mb.test\"\n[state]\ndir = {:?}\n\
+         [limits]\ndefault = \"3/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n{extra_limits}\
+         [protect]\nconnections_per_ip = \"off\"\n",
+        dir.path().join("state")
+    ) + &listener("l", port, "none", None, &up.addr.to_string(), "allow_plaintext_auth = true\n");
+    let mut mb = Mailbrake::start(&cfg);
+    let admin = admin_addr(&mut mb);
+    Rig {
+        mb,
+        admin,
+        port,
+        _up: up,
+        _dir: dir,
+    }
+}
+
+/// Logs in as `user` and offers `n` recipients; how many got 250.
+async fn accepted(port: u16, user: &str, n: usize) -> usize {
+    use base64::Engine;
+    let mut c = Raw::greeted(port).await;
+    let blob = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"));
+    expect(&c.cmd(&format!("AUTH PLAIN {blob}")).await, "235");
+    expect(&c.cmd("MAIL FROM:<s@example.com>").await, "250");
+    let mut ok = 0;
+    for i in 0..n {
+        if c.cmd(&format!("RCPT TO:<r{i}@example.net>")).await.starts_with("250") {
+            ok += 1;
+        }
+    }
+    if ok > 0 {
+        expect(&c.cmd("DATA").await, "354");
+        c.send(b"Subject: t\r\n\r\nhi\r\n.\r\n").await;
+        expect(&c.reply().await.unwrap(), "250");
+    }
+    expect(&c.cmd("QUIT").await, "221");
+    ok
+}
+
+const ALICE: &str = "/api/senders/auth%3Aalice";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
+    let r = rig("", "").await;
+    assert_eq!(accepted(r.port, "alice", 5).await, 3, "the default 3/1h");
+
+    let (code, body) = call(r.admin, "GET", ALICE, None, None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["limit"]["source"], "default");
+    assert_eq!(body["windows"][0]["recipients"], 3);
+    assert!(body["next_free"].is_u64(), "{body}");
+
+    // Raise: 3 more fit under 6/1h.
+    let mut raise = change("campaign, ticket 42");
+    raise["limit"] = json!("6/1h");
+    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(raise), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(accepted(r.port, "alice", 5).await, 3);
+
+    // Exempt: no limit.
+    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/exempt"), Some(change("mailing list")), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(r.port, "alice", 10).await, 10);
+    let (_, body) = call(r.admin, "GET", ALICE, None, None).await;
+    assert_eq!(body["limit"]["source"], "exempt");
+
+    // Clear: back to the default, with 6 counted in the window.
+    let (code, _) = call(r.admin, "DELETE", &format!("{ALICE}/override"), Some(change("list moved")), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(r.port, "alice", 1).await, 0);
+
+    // Reset: the window is forgotten.
+    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/reset"), Some(change("cleaned up")), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(r.port, "alice", 5).await, 3);
+
+    // Lock, then unlock.
+    let (code, _) = call(r.admin, "POST", "/api/senders/auth%3Abob/lock", Some(change("abuse report")), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(r.port, "bob", 1).await, 0);
+    let (code, _) = call(r.admin, "POST", "/api/senders/auth%3Abob/unlock", Some(change("customer fixed it")), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(r.port, "bob", 1).await, 1);
+    let (code, body) = call(r.admin, "POST", "/api/senders/auth%3Abob/unlock", Some(change("again")), None).await;
+    assert_eq!(code, 409, "unlocking a sender that is not locked: {body}");
+
+    // Every change is in the audit trail, newest first, with who and why.
+    let (_, body) = call(r.admin, "GET", "/api/audit?limit=20", None, None).await;
+    let actions: Vec<&str> = body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["unlock", "lock", "reset", "clear", "exempt", "raise"]);
+    let raise = &body["entries"][5];
+    assert_eq!(raise["who"], "ops-test");
+    assert_eq!(raise["reason"], "campaign, ticket 42");
+    assert_eq!(raise["old"], "3/1h (default)");
+    assert_eq!(raise["new"], "6/1h");
+
+    // Bad input gets a clear 400.
+    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(json!({"limit": "6/hour", "reason": "x"})), None).await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
+    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/lock"), Some(json!({"who": "x"})), None).await;
+    assert_eq!(code, 400, "a change without a reason");
+    let (code, _) = call(r.admin, "GET", "/api/senders/nobody", None, None).await;
+    assert_eq!(code, 400, "not a key");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overrides_expire_and_survive_restarts() {
+    let mut r = rig("", "").await;
+    let mut raise = change("short raise");
+    raise["limit"] = json!("unlimited");
+    raise["for"] = json!("2s");
+    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(raise), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(accepted(r.port, "alice", 5).await, 5);
+    // The state thread expires overrides every second; this is the feature
+    // under test, so time has to pass.
+    let line = tokio::task::block_in_place(|| r.mb.wait_log("override expired"));
+    assert!(line.contains("auth:alice"), "{line}");
+    // Back to 3/1h. What was sent while unlimited was not counted (unlimited
+    // and exempt senders are not counted), so 3 fit.
+    assert_eq!(accepted(r.port, "alice", 5).await, 3, "back to 3/1h");
+    let (_, body) = call(r.admin, "GET", "/api/audit", None, None).await;
+    assert_eq!(body["entries"][0]["action"], "expire");
+
+    // A lasting override survives a restart.
+    let mut raise = change("lasting");
+    raise["limit"] = json!("100/1h");
+    call(r.admin, "PUT", "/api/senders/auth%3Acarol/override", Some(raise), None).await;
+    r.mb.signal("TERM");
+    assert!(r.mb.wait_exit().success());
+    let cfg = std::fs::read_to_string(&r.mb.config).unwrap();
+    let mut again = Mailbrake::start(&cfg);
+    let admin = admin_addr(&mut again);
+    let (_, body) = call(admin, "GET", "/api/senders/auth%3Acarol", None, None).await;
+    assert_eq!(body["limit"]["source"], "override", "{body}");
+    assert_eq!(body["override"]["limit"], "100/1h");
+    assert_eq!(accepted(r.port, "carol", 10).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_required_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").unwrap();
+    let admin_section = format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = {token:?}\n");
+    let r = rig("", &admin_section).await;
+    let (code, _) = call(r.admin, "GET", "/api/status", None, None).await;
+    assert_eq!(code, 401);
+    let (code, _) = call(r.admin, "GET", "/api/status", None, Some("wrong")).await;
+    assert_eq!(code, 401);
+    let (code, body) = call(r.admin, "GET", "/api/status", None, Some("s3cret-token")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["default_limit"], "3/1h");
+    assert!(!r.mb.logs().contains("s3cret-token"), "the token reached the logs");
+}
+
+#[test]
+fn an_admin_listener_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[admin]\nbind = \"0.0.0.0:{}\"\n[state]\ndir = {:?}\n",
+        free_port(),
+        dir.path().join("state")
+    ) + &listener("l", free_port(), "none", None, "127.0.0.1:1", "");
+    let path = dir.path().join("mb.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("MAILBRAKE_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token_file"), "{err}");
+}
+
+/// Runs the CLI against `admin`; (exit code, stdout, stderr).
+fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .args(args)
+        .env("USER", "cli-test")
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_drives_the_api() {
+    let r = rig("", "").await;
+    assert_eq!(accepted(r.port, "alice", 3).await, 3);
+    let a = r.admin;
+    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["sender", "show", "auth:alice"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("auth:alice") && out.contains("3/1h"), "{out}");
+    let (code, out, err) = tokio::task::block_in_place(|| {
+        cli(a, &["sender", "raise", "auth:alice", "--to", "10/1h", "--for", "1d", "--reason", "ticket 7"])
+    });
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(accepted(r.port, "alice", 3).await, 3);
+    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &["audit", "--json"]));
+    assert_eq!(code, 0);
+    let audit: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(audit["entries"][0]["who"], "cli-test");
+    assert_eq!(audit["entries"][0]["reason"], "ticket 7");
+    // Meaningful exit codes.
+    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["sender", "unlock", "auth:alice", "--reason", "x"]));
+    assert_eq!(code, 1, "not locked: {err}");
+    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["sender", "raise", "auth:alice", "--to", "ten", "--reason", "x"]));
+    assert!(code == 1 || code == 2, "a malformed limit: {code} {err}");
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (code, _, err) = tokio::task::block_in_place(|| cli(dead, &["status"]));
+    assert_eq!(code, 3, "nothing listening: {err}");
+    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &["top", "--json"]));
+    assert_eq!(code, 0);
+    let top: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(top["senders"][0]["key"], "auth:alice");
+}
