@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`admin`]: the `[admin] bind` HTTP endpoint (`/metrics`) and the refresh of read gauges.
+//! - [`cli`]: the operator's commands (`status`, `sender …`, `top`, `audit`,
+//!   `report`, `reload`): one admin API call each, tables or `--json`.
 //! - [`metrics`]: every metric's name, help, buckets and start-up series.
 //! - [`config`]: the TOML file, read → parse → validate, every error at once.
 //! - [`session`]: the SMTP dialogue as a pure state machine: client bytes,
@@ -21,10 +23,13 @@
 //! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
+//! - [`report`]: `mailbrake report`: peaks per sender from the hourly totals,
+//!   and the default limit they suggest. Pure.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod leg;
@@ -34,6 +39,7 @@ pub mod orig_dst;
 pub mod owner;
 pub mod protect;
 pub mod proxy_protocol;
+pub mod report;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -27,11 +27,15 @@ enum Command {
         #[arg(short, long, default_value = "/etc/mailbrake/mailbrake.toml")]
         config: PathBuf,
     },
+    /// Commands for the running mailbrake, through its admin API.
+    #[command(flatten)]
+    Admin(mailbrake::cli::Command),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Admin(command) => mailbrake::cli::run(command),
         Command::CheckConfig { config } => match check(&config) {
             Ok(n) => {
                 println!("{}: OK ({n} listener(s))", config.display());
@@ -98,5 +102,16 @@ fn init_logs(format: mailbrake::config::LogFormat) {
     match format {
         mailbrake::config::LogFormat::Json => builder.json().init(),
         mailbrake::config::LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every subcommand (ids, globals, conflicts).
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

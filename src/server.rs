@@ -162,7 +162,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         token: admin_token(&config.admin)?,
         started: std::time::Instant::now(),
         listeners: admin.active.clone(),
-        binds: config.listeners.iter().map(|l| l.bind.to_string()).collect(),
+        binds: config
+            .listeners
+            .iter()
+            .map(|l| l.bind.to_string())
+            .collect(),
         reload: reload_tx,
     });
     let admin_listener = TcpListener::bind(config.admin.bind)
@@ -202,12 +206,17 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     // SIGHUP and the admin API's reload do the same.
     let apply_reload = |config: &mut Config| -> Result<(), String> {
         let reloaded = reload(&path, &running);
-        let result = if reloaded.is_ok() { "success" } else { "failure" };
+        let result = if reloaded.is_ok() {
+            "success"
+        } else {
+            "failure"
+        };
         metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => result).increment(1);
         let new = reloaded?;
         limiter.set_policy(&Policy::new(&new.limits));
         if new.protect != config.protect {
-            *protect.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Protect::new(&new.protect));
+            *protect.write().unwrap_or_else(|e| e.into_inner()) =
+                Arc::new(Protect::new(&new.protect));
             config.protect = new.protect.clone();
         }
         if new.server.log_format != config.server.log_format {

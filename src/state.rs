@@ -105,7 +105,11 @@ fn expire_overrides(limiter: &Limiter, store: &mut Store) {
             who: "mailbrake".into(),
             action: "expire".into(),
             key: s.key.clone(),
-            old: Some(if s.exempt { "exempt".into() } else { s.limit.clone() }),
+            old: Some(if s.exempt {
+                "exempt".into()
+            } else {
+                s.limit.clone()
+            }),
             new: None,
             reason: format!("expired (set by {}: {})", s.who, s.reason),
         };

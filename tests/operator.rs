@@ -14,10 +14,18 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One HTTP call to the admin API; (status, JSON body).
-async fn call(admin: SocketAddr, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+async fn call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: mailbrake\r\nConnection: close\r\n{auth}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -57,7 +65,14 @@ async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
          [limits]\ndefault = \"3/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n{extra_limits}\
          [protect]\nconnections_per_ip = \"off\"\n",
         dir.path().join("state")
-    ) + &listener("l", port, "none", None, &up.addr.to_string(), "allow_plaintext_auth = true\n");
+    ) + &listener(
+        "l",
+        port,
+        "none",
+        None,
+        &up.addr.to_string(),
+        "allow_plaintext_auth = true\n",
+    );
     let mut mb = Mailbrake::start(&cfg);
     let admin = admin_addr(&mut mb);
     Rig {
@@ -78,7 +93,10 @@ async fn accepted(port: u16, user: &str, n: usize) -> usize {
     expect(&c.cmd("MAIL FROM:<s@example.com>").await, "250");
     let mut ok = 0;
     for i in 0..n {
-        if c.cmd(&format!("RCPT TO:<r{i}@example.net>")).await.starts_with("250") {
+        if c.cmd(&format!("RCPT TO:<r{i}@example.net>"))
+            .await
+            .starts_with("250")
+        {
             ok += 1;
         }
     }
@@ -107,41 +125,98 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     // Raise: 3 more fit under 6/1h.
     let mut raise = change("campaign, ticket 42");
     raise["limit"] = json!("6/1h");
-    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(raise), None).await;
+    let (code, body) = call(
+        r.admin,
+        "PUT",
+        &format!("{ALICE}/override"),
+        Some(raise),
+        None,
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Exempt: no limit.
-    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/exempt"), Some(change("mailing list")), None).await;
+    let (code, _) = call(
+        r.admin,
+        "POST",
+        &format!("{ALICE}/exempt"),
+        Some(change("mailing list")),
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 10).await, 10);
     let (_, body) = call(r.admin, "GET", ALICE, None, None).await;
     assert_eq!(body["limit"]["source"], "exempt");
 
     // Clear: back to the default, with 6 counted in the window.
-    let (code, _) = call(r.admin, "DELETE", &format!("{ALICE}/override"), Some(change("list moved")), None).await;
+    let (code, _) = call(
+        r.admin,
+        "DELETE",
+        &format!("{ALICE}/override"),
+        Some(change("list moved")),
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 1).await, 0);
 
     // Reset: the window is forgotten.
-    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/reset"), Some(change("cleaned up")), None).await;
+    let (code, _) = call(
+        r.admin,
+        "POST",
+        &format!("{ALICE}/reset"),
+        Some(change("cleaned up")),
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Lock, then unlock.
-    let (code, _) = call(r.admin, "POST", "/api/senders/auth%3Abob/lock", Some(change("abuse report")), None).await;
+    let (code, _) = call(
+        r.admin,
+        "POST",
+        "/api/senders/auth%3Abob/lock",
+        Some(change("abuse report")),
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 0);
-    let (code, _) = call(r.admin, "POST", "/api/senders/auth%3Abob/unlock", Some(change("customer fixed it")), None).await;
+    let (code, _) = call(
+        r.admin,
+        "POST",
+        "/api/senders/auth%3Abob/unlock",
+        Some(change("customer fixed it")),
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 1);
-    let (code, body) = call(r.admin, "POST", "/api/senders/auth%3Abob/unlock", Some(change("again")), None).await;
+    let (code, body) = call(
+        r.admin,
+        "POST",
+        "/api/senders/auth%3Abob/unlock",
+        Some(change("again")),
+        None,
+    )
+    .await;
     assert_eq!(code, 409, "unlocking a sender that is not locked: {body}");
 
     // Every change is in the audit trail, newest first, with who and why.
     let (_, body) = call(r.admin, "GET", "/api/audit?limit=20", None, None).await;
-    let actions: Vec<&str> = body["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["unlock", "lock", "reset", "clear", "exempt", "raise"]);
+    let actions: Vec<&str> = body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["unlock", "lock", "reset", "clear", "exempt", "raise"]
+    );
     let raise = &body["entries"][5];
     assert_eq!(raise["who"], "ops-test");
     assert_eq!(raise["reason"], "campaign, ticket 42");
@@ -149,10 +224,24 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     assert_eq!(raise["new"], "6/1h");
 
     // Bad input gets a clear 400.
-    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(json!({"limit": "6/hour", "reason": "x"})), None).await;
+    let (code, body) = call(
+        r.admin,
+        "PUT",
+        &format!("{ALICE}/override"),
+        Some(json!({"limit": "6/hour", "reason": "x"})),
+        None,
+    )
+    .await;
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
-    let (code, _) = call(r.admin, "POST", &format!("{ALICE}/lock"), Some(json!({"who": "x"})), None).await;
+    let (code, _) = call(
+        r.admin,
+        "POST",
+        &format!("{ALICE}/lock"),
+        Some(json!({"who": "x"})),
+        None,
+    )
+    .await;
     assert_eq!(code, 400, "a change without a reason");
     let (code, _) = call(r.admin, "GET", "/api/senders/nobody", None, None).await;
     assert_eq!(code, 400, "not a key");
@@ -164,7 +253,14 @@ async fn overrides_expire_and_survive_restarts() {
     let mut raise = change("short raise");
     raise["limit"] = json!("unlimited");
     raise["for"] = json!("2s");
-    let (code, body) = call(r.admin, "PUT", &format!("{ALICE}/override"), Some(raise), None).await;
+    let (code, body) = call(
+        r.admin,
+        "PUT",
+        &format!("{ALICE}/override"),
+        Some(raise),
+        None,
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(r.port, "alice", 5).await, 5);
     // The state thread expires overrides every second; this is the feature
@@ -180,7 +276,14 @@ async fn overrides_expire_and_survive_restarts() {
     // A lasting override survives a restart.
     let mut raise = change("lasting");
     raise["limit"] = json!("100/1h");
-    call(r.admin, "PUT", "/api/senders/auth%3Acarol/override", Some(raise), None).await;
+    call(
+        r.admin,
+        "PUT",
+        "/api/senders/auth%3Acarol/override",
+        Some(raise),
+        None,
+    )
+    .await;
     r.mb.signal("TERM");
     assert!(r.mb.wait_exit().success());
     let cfg = std::fs::read_to_string(&r.mb.config).unwrap();
@@ -206,7 +309,10 @@ async fn the_token_is_required_when_set() {
     let (code, body) = call(r.admin, "GET", "/api/status", None, Some("s3cret-token")).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["default_limit"], "3/1h");
-    assert!(!r.mb.logs().contains("s3cret-token"), "the token reached the logs");
+    assert!(
+        !r.mb.logs().contains("s3cret-token"),
+        "the token reached the logs"
+    );
 }
 
 #[test]
@@ -233,9 +339,9 @@ fn an_admin_listener_beyond_loopback_needs_a_token() {
 /// Runs the CLI against `admin`; (exit code, stdout, stderr).
 fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+        .args(args)
         .arg("--admin")
         .arg(format!("http://{admin}"))
-        .args(args)
         .env("USER", "cli-test")
         .env_remove("SUDO_USER")
         .output()
@@ -252,11 +358,25 @@ async fn the_cli_drives_the_api() {
     let r = rig("", "").await;
     assert_eq!(accepted(r.port, "alice", 3).await, 3);
     let a = r.admin;
-    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["sender", "show", "auth:alice"]));
+    let (code, out, err) =
+        tokio::task::block_in_place(|| cli(a, &["sender", "show", "auth:alice"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("auth:alice") && out.contains("3/1h"), "{out}");
     let (code, out, err) = tokio::task::block_in_place(|| {
-        cli(a, &["sender", "raise", "auth:alice", "--to", "10/1h", "--for", "1d", "--reason", "ticket 7"])
+        cli(
+            a,
+            &[
+                "sender",
+                "raise",
+                "auth:alice",
+                "--to",
+                "10/1h",
+                "--for",
+                "1d",
+                "--reason",
+                "ticket 7",
+            ],
+        )
     });
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(accepted(r.port, "alice", 3).await, 3);
@@ -266,9 +386,24 @@ async fn the_cli_drives_the_api() {
     assert_eq!(audit["entries"][0]["who"], "cli-test");
     assert_eq!(audit["entries"][0]["reason"], "ticket 7");
     // Meaningful exit codes.
-    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["sender", "unlock", "auth:alice", "--reason", "x"]));
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(a, &["sender", "unlock", "auth:alice", "--reason", "x"])
+    });
     assert_eq!(code, 1, "not locked: {err}");
-    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["sender", "raise", "auth:alice", "--to", "ten", "--reason", "x"]));
+    let (code, _, err) = tokio::task::block_in_place(|| {
+        cli(
+            a,
+            &[
+                "sender",
+                "raise",
+                "auth:alice",
+                "--to",
+                "ten",
+                "--reason",
+                "x",
+            ],
+        )
+    });
     assert!(code == 1 || code == 2, "a malformed limit: {code} {err}");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let (code, _, err) = tokio::task::block_in_place(|| cli(dead, &["status"]));

@@ -90,9 +90,17 @@ pub async fn authorise(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         let same = given.len() == token.len()
-            && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
         if !same {
-            return ApiError(StatusCode::UNAUTHORIZED, "missing or wrong bearer token".into()).into_response();
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
         }
     }
     next.run(request).await
@@ -138,7 +146,9 @@ struct Change {
 impl Change {
     fn checked(self) -> Result<Self, ApiError> {
         if self.reason.trim().is_empty() {
-            return Err(bad("a reason is required (who asked, the ticket): it goes into the audit trail"));
+            return Err(bad(
+                "a reason is required (who asked, the ticket): it goes into the audit trail",
+            ));
         }
         Ok(self)
     }
@@ -156,9 +166,14 @@ impl Change {
         match (&self.for_, self.until) {
             (Some(_), Some(_)) => Err(bad("give either for or until, not both")),
             (Some(d), None) => {
-                let d = humantime::parse_duration(d)
-                    .map_err(|e| bad(format!("for: {d:?} is not a duration ({e}); write e.g. 3d or 12h")))?;
-                Ok(Some(now.saturating_add(u32::try_from(d.as_secs()).unwrap_or(Time::MAX))))
+                let d = humantime::parse_duration(d).map_err(|e| {
+                    bad(format!(
+                        "for: {d:?} is not a duration ({e}); write e.g. 3d or 12h"
+                    ))
+                })?;
+                Ok(Some(now.saturating_add(
+                    u32::try_from(d.as_secs()).unwrap_or(Time::MAX),
+                )))
             }
             (None, Some(u)) if u <= now => Err(bad("until is in the past")),
             (None, u) => Ok(u),
@@ -240,13 +255,27 @@ fn set_override(api: &Api, key: &SenderKey, limit: Limit, exempt: bool, c: &Chan
         who: c.who(),
         action: if exempt { "exempt" } else { "raise" }.into(),
         key: key.to_string(),
-        old: Some(previous.as_ref().map_or_else(
-            || current_limit_text(api, key),
-            |p| p.stored.limit.clone(),
-        )),
+        old: Some(
+            previous
+                .as_ref()
+                .map_or_else(|| current_limit_text(api, key), |p| p.stored.limit.clone()),
+        ),
         new: Some(match until {
-            Some(u) => format!("{} until {u}", if exempt { "exempt" } else { stored.limit.as_str() }),
-            None => if exempt { "exempt".into() } else { stored.limit.clone() },
+            Some(u) => format!(
+                "{} until {u}",
+                if exempt {
+                    "exempt"
+                } else {
+                    stored.limit.as_str()
+                }
+            ),
+            None => {
+                if exempt {
+                    "exempt".into()
+                } else {
+                    stored.limit.clone()
+                }
+            }
         }),
         reason: c.reason.clone(),
     };
@@ -281,32 +310,54 @@ fn current_limit_text(api: &Api, key: &SenderKey) -> String {
     }
 }
 
-async fn raise(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn raise(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
-    let text = c.limit.clone().ok_or_else(|| bad("limit is required, e.g. \"500/1h\""))?;
+    let text = c
+        .limit
+        .clone()
+        .ok_or_else(|| bad("limit is required, e.g. \"500/1h\""))?;
     let limit = crate::config::parse_limit(&text).map_err(|e| bad(format!("limit: {e}")))?;
     set_override(&api, &key, limit, false, &c)
 }
 
-async fn exempt(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn exempt(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
     set_override(&api, &key, Limit::Unlimited, true, &c)
 }
 
-async fn clear(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn clear(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
     let Some(current) = api.limiter.override_of(&key) else {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{key} has no override to clear")));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{key} has no override to clear"),
+        ));
     };
     let audit = AuditEntry {
         at: api.limiter.now(),
         who: c.who(),
         action: "clear".into(),
         key: key.to_string(),
-        old: Some(if current.stored.exempt { "exempt".into() } else { current.stored.limit.clone() }),
+        old: Some(if current.stored.exempt {
+            "exempt".into()
+        } else {
+            current.stored.limit.clone()
+        }),
         new: None,
         reason: c.reason.clone(),
     };
@@ -317,7 +368,9 @@ async fn clear(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option
         .map_err(internal)?;
     let removed = api.limiter.remove_override(&key);
     tracing::info!(sender = %key, who = %audit.who, reason = %audit.reason, "override cleared");
-    Ok(Json(json!({"key": key.to_string(), "removed": removed.map(|r| r.stored)})))
+    Ok(Json(
+        json!({"key": key.to_string(), "removed": removed.map(|r| r.stored)}),
+    ))
 }
 
 fn record(api: &Api, entry: AuditEntry) -> Result<(), ApiError> {
@@ -328,7 +381,11 @@ fn record(api: &Api, entry: AuditEntry) -> Result<(), ApiError> {
         .map_err(internal)
 }
 
-async fn lock(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn lock(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
     let now = api.limiter.now();
@@ -351,14 +408,23 @@ async fn lock(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<
     };
     api.limiter.lock(&key, lock.clone());
     tracing::warn!(sender = %key, who = %c.who(), reason = %c.reason, "sender locked by an operator");
-    Ok(Json(json!({"key": key.to_string(), "lock": {"until": lock.until, "reason": lock.reason.to_string()}})))
+    Ok(Json(
+        json!({"key": key.to_string(), "lock": {"until": lock.until, "reason": lock.reason.to_string()}}),
+    ))
 }
 
-async fn unlock(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn unlock(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
     if api.limiter.status(&key, None).lock.is_none() {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{key} is not locked")));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{key} is not locked"),
+        ));
     }
     record(
         &api,
@@ -377,7 +443,11 @@ async fn unlock(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Optio
     Ok(Json(json!({"key": key.to_string()})))
 }
 
-async fn reset(State(api): State<Arc<Api>>, Path(key): Path<String>, raw: Option<Json<Change>>) -> ApiResult {
+async fn reset(
+    State(api): State<Arc<Api>>,
+    Path(key): Path<String>,
+    raw: Option<Json<Change>>,
+) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
     let before = api.limiter.status(&key, None);
@@ -423,7 +493,12 @@ async fn top(State(api): State<Arc<Api>>, Query(q): Query<Limited>) -> ApiResult
 
 async fn audit(State(api): State<Arc<Api>>, Query(q): Query<Limited>) -> ApiResult {
     let n = q.limit.unwrap_or(50).min(10_000);
-    let entries = api.store.lock().unwrap_or_else(|e| e.into_inner()).audit(n).map_err(internal)?;
+    let entries = api
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .audit(n)
+        .map_err(internal)?;
     Ok(Json(json!({"entries": entries})))
 }
 
@@ -436,7 +511,12 @@ async fn report(State(api): State<Arc<Api>>, Query(q): Query<Days>) -> ApiResult
     let days = q.days.unwrap_or(30).clamp(1, 35);
     let now = api.limiter.now();
     let since = now.saturating_sub(days * 86_400);
-    let totals = api.store.lock().unwrap_or_else(|e| e.into_inner()).hourly(since).map_err(internal)?;
+    let totals = api
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .hourly(since)
+        .map_err(internal)?;
     let policy = api.limiter.policy();
     let limit_of = |key: &str| match SenderKey::parse(key) {
         Some(k) => {
@@ -468,7 +548,11 @@ async fn reload(State(api): State<Arc<Api>>, raw: Option<Json<Change>>) -> ApiRe
                     key: String::new(),
                     old: None,
                     new: None,
-                    reason: if c.reason.is_empty() { "reload".into() } else { c.reason },
+                    reason: if c.reason.is_empty() {
+                        "reload".into()
+                    } else {
+                        c.reason
+                    },
                 },
             )?;
             Ok(Json(json!({"result": "reloaded"})))

@@ -129,7 +129,10 @@ fn admin(p: &mut Problems, raw: RawAdmin) -> Option<AdminConfig> {
     if let Some(path) = &token_file
         && let Err(e) = std::fs::metadata(path)
     {
-        p.add("admin.token_file", format!("cannot read {}: {e}", path.display()));
+        p.add(
+            "admin.token_file",
+            format!("cannot read {}: {e}", path.display()),
+        );
     }
     Some(AdminConfig {
         bind,

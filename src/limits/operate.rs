@@ -55,7 +55,11 @@ impl Limiter {
 
     /// Removes `key`'s override; returns it.
     pub fn remove_override(&self, key: &SenderKey) -> Option<RuntimeOverride> {
-        let old = self.runtime.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let old = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         if old.is_some() {
             self.rebuild();
         }
@@ -64,7 +68,11 @@ impl Limiter {
 
     /// `key`'s override, if any.
     pub fn override_of(&self, key: &SenderKey) -> Option<RuntimeOverride> {
-        self.runtime.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// Loads the stored overrides at start-up (expired ones are dropped by

@@ -125,11 +125,24 @@ impl Policy {
 
     /// The same policy with operators' run-time overrides on top:
     /// (key, limit, exempt).
-    pub fn with_runtime(mut self, runtime: impl IntoIterator<Item = (SenderKey, Limit, bool)>) -> Self {
+    pub fn with_runtime(
+        mut self,
+        runtime: impl IntoIterator<Item = (SenderKey, Limit, bool)>,
+    ) -> Self {
         self.runtime = runtime.into_iter().map(|(k, l, e)| (k, (l, e))).collect();
-        let most = self.runtime.values().flat_map(|(l, _)| rates(l)).map(|r| r.count as usize).max();
+        let most = self
+            .runtime
+            .values()
+            .flat_map(|(l, _)| rates(l))
+            .map(|r| r.count as usize)
+            .max();
         self.keep = self.keep.max(most.unwrap_or(0));
-        let longest = self.runtime.values().flat_map(|(l, _)| rates(l)).map(|r| secs(r.window)).max();
+        let longest = self
+            .runtime
+            .values()
+            .flat_map(|(l, _)| rates(l))
+            .map(|r| secs(r.window))
+            .max();
         self.longest = self.longest.max(longest.unwrap_or(0));
         self
     }
@@ -139,7 +152,11 @@ impl Policy {
     /// win over exemptions, which win over the default.
     pub fn limit(&self, key: &SenderKey, client: Option<IpAddr>) -> (&[Rate], Source) {
         if let Some((limit, exempt)) = self.runtime.get(key) {
-            let source = if *exempt { Source::Exempt } else { Source::Override };
+            let source = if *exempt {
+                Source::Exempt
+            } else {
+                Source::Override
+            };
             return (rates(limit), source);
         }
         if let Some(limit) = self.overrides.get(key) {

@@ -37,7 +37,11 @@ pub struct AuditEntry {
 impl Store {
     /// Sets `o` (replacing any override of its key) and records `audit`, in
     /// one transaction.
-    pub fn save_override(&mut self, o: &StoredOverride, audit: &AuditEntry) -> Result<(), StoreError> {
+    pub fn save_override(
+        &mut self,
+        o: &StoredOverride,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
         let err = sql_err(&self.path, "save an override");
         let tx = self.conn.transaction().map_err(err)?;
         tx.execute(
@@ -53,7 +57,11 @@ impl Store {
     }
 
     /// Removes `key`'s override (if any) and records `audit`; returns what was removed.
-    pub fn remove_override(&mut self, key: &str, audit: &AuditEntry) -> Result<Option<StoredOverride>, StoreError> {
+    pub fn remove_override(
+        &mut self,
+        key: &str,
+        audit: &AuditEntry,
+    ) -> Result<Option<StoredOverride>, StoreError> {
         let err = sql_err(&self.path, "remove an override");
         let tx = self.conn.transaction().map_err(err)?;
         let old = tx
@@ -64,7 +72,8 @@ impl Store {
             )
             .optional()
             .map_err(err)?;
-        tx.execute("DELETE FROM overrides WHERE key = ?1", params![key]).map_err(err)?;
+        tx.execute("DELETE FROM overrides WHERE key = ?1", params![key])
+            .map_err(err)?;
         insert_audit(&tx, audit).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(old)
@@ -75,7 +84,9 @@ impl Store {
         let err = sql_err(&self.path, "read overrides");
         let mut stmt = self
             .conn
-            .prepare("SELECT key, exempt, limits, until, reason, who, at FROM overrides ORDER BY key")
+            .prepare(
+                "SELECT key, exempt, limits, until, reason, who, at FROM overrides ORDER BY key",
+            )
             .map_err(err)?;
         let rows = stmt.query_map([], row_override).map_err(err)?;
         rows.collect::<Result<_, _>>().map_err(err)
@@ -161,7 +172,10 @@ mod tests {
         {
             let mut s = Store::open(dir.path()).unwrap();
             s.save_override(&o, &entry("raise", &o.key)).unwrap();
-            let replaced = StoredOverride { limit: "600/1h".into(), ..o.clone() };
+            let replaced = StoredOverride {
+                limit: "600/1h".into(),
+                ..o.clone()
+            };
             s.save_override(&replaced, &entry("raise", &o.key)).unwrap();
         }
         let mut s = Store::open(dir.path()).unwrap();
@@ -171,10 +185,17 @@ mod tests {
         let removed = s.remove_override(&o.key, &entry("clear", &o.key)).unwrap();
         assert_eq!(removed.map(|r| r.limit), Some("600/1h".into()));
         assert!(s.overrides().unwrap().is_empty());
-        assert_eq!(s.remove_override(&o.key, &entry("clear", &o.key)).unwrap(), None);
+        assert_eq!(
+            s.remove_override(&o.key, &entry("clear", &o.key)).unwrap(),
+            None
+        );
         let trail = s.audit(10).unwrap();
         let actions: Vec<_> = trail.iter().map(|e| e.action.as_str()).collect();
-        assert_eq!(actions, ["clear", "clear", "raise", "raise"], "newest first");
+        assert_eq!(
+            actions,
+            ["clear", "clear", "raise", "raise"],
+            "newest first"
+        );
         assert_eq!(s.audit(1).unwrap().len(), 1);
     }
 }
