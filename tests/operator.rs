@@ -413,3 +413,49 @@ async fn the_cli_drives_the_api() {
     let top: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(top["senders"][0]["key"], "auth:alice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_matches_the_traffic_in_observe_mode() {
+    let r = rig("action = \"observe\"\n", "").await;
+    assert_eq!(accepted(r.port, "alice", 5).await, 5, "observe mode accepts everything");
+    assert_eq!(accepted(r.port, "bob", 2).await, 2);
+    // Hourly totals are written with the journal, every second: poll the
+    // report (bounded) until they are in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let report = loop {
+        let (code, report) = call(r.admin, "GET", "/api/report?days=30", None, None).await;
+        assert_eq!(code, 200, "{report}");
+        if report["summary"]["senders"] == 2 {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "the report never saw the traffic: {report}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let sender = |key: &str| {
+        report["senders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["key"] == key)
+            .unwrap_or_else(|| panic!("{key} not in {report}"))
+            .clone()
+    };
+    let alice = sender("auth:alice");
+    assert_eq!(alice["total"], 5);
+    assert_eq!(alice["peak_hour"], 5);
+    assert_eq!(alice["observed"], 2, "2 over 3/1h, accepted in observe mode");
+    assert_eq!(alice["hours_over_limit"], 1);
+    assert_eq!(alice["limit"], "3/1h");
+    let bob = sender("auth:bob");
+    assert_eq!((bob["total"].clone(), bob["hours_over_limit"].clone()), (json!(2), json!(0)));
+    // The CLI prints the same report as text and CSV.
+    let a = r.admin;
+    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["report", "--days", "30"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("2 senders") && out.contains("auth:alice"), "{out}");
+    let (code, csv, _) = tokio::task::block_in_place(|| cli(a, &["report", "--csv"]));
+    assert_eq!(code, 0);
+    let header = csv.lines().next().unwrap();
+    assert!(header.contains("key") && header.contains("peak"), "{header}");
+    assert_eq!(csv.lines().count(), 3, "a header and one row per sender: {csv}");
+}
