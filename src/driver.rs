@@ -22,7 +22,8 @@ const READ_BUF: usize = 64 * 1024;
 /// became of the recipients it accepted. One per session; the limits plug in
 /// here.
 pub trait SessionPolicy: Send {
-    fn check_rcpt(&mut self, check: &RcptCheck) -> Verdict;
+    /// May wait (a shared limit in Redis); a local limit answers at once.
+    fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict>;
     fn on_tx(&mut self, _event: TxEvent) {}
     /// Whether this client (and `user`, when known) may try AUTH now.
     fn check_auth(&mut self, _user: Option<&Username>) -> bool {
@@ -31,13 +32,16 @@ pub trait SessionPolicy: Send {
     fn on_auth(&mut self, _user: Option<&Username>, _mechanism: Mechanism, _ok: bool) {}
 }
 
+/// A policy answer that may have to wait.
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// The policy that refuses nothing.
 #[derive(Debug, Default)]
 pub struct AcceptAll;
 
 impl SessionPolicy for AcceptAll {
-    fn check_rcpt(&mut self, _: &RcptCheck) -> Verdict {
-        Verdict::Accept
+    fn check_rcpt<'a>(&'a mut self, _: &'a RcptCheck) -> Pending<'a, Verdict> {
+        Box::pin(std::future::ready(Verdict::Accept))
     }
 }
 
@@ -174,7 +178,7 @@ async fn run<C, U>(
                     pending.extend(session.on_upstream_tls(result, now()));
                 }
                 Action::CheckRcpt(check) => {
-                    let verdict = policy.check_rcpt(&check);
+                    let verdict = policy.check_rcpt(&check).await;
                     pending.extend(session.on_rcpt_verdict(verdict, now()));
                 }
                 Action::Tx(event) => {

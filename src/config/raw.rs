@@ -49,6 +49,10 @@ pub(super) struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawState {
     pub dir: Option<PathBuf>,
+    pub backend: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub redis_failure: Option<String>,
 }
 
 /// `[server]`.

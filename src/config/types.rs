@@ -38,6 +38,23 @@ pub struct AdminConfig {
 #[derive(Debug, Clone)]
 pub struct StateConfig {
     pub dir: PathBuf,
+    /// Where counters, reservations, locks and overrides are shared: only
+    /// this process (the embedded database), or a fleet through Redis.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[state] backend = "redis"`: several mailbrake processes share one set of
+/// limits. The embedded database still keeps the hourly totals, the audit
+/// trail and this process's own copy of overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// `redis://[user:password@]host:port[/db]`; never logged.
+    pub url: String,
+    /// Prepended to every Redis key. Default "mailbrake:".
+    pub prefix: String,
+    /// When Redis cannot be reached: accept recipients (open, the default:
+    /// mail flows, unlimited) or defer them (closed).
+    pub fail_open: bool,
 }
 
 /// `[server]`: process-wide settings.

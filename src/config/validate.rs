@@ -150,7 +150,67 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
         );
         return None;
     }
-    Some(StateConfig { dir })
+    let fleet = match raw.backend.as_deref().unwrap_or("sqlite") {
+        "sqlite" => {
+            for (key, v) in [
+                ("redis_url", &raw.redis_url),
+                ("redis_prefix", &raw.redis_prefix),
+                ("redis_failure", &raw.redis_failure),
+            ] {
+                if v.is_some() {
+                    p.add(format!("state.{key}"), "only with backend = \"redis\"");
+                }
+            }
+            None
+        }
+        "redis" => {
+            let url = match raw.redis_url {
+                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u),
+                Some(_) => {
+                    p.add(
+                        "state.redis_url",
+                        "must start with redis:// (or rediss://), e.g. \"redis://127.0.0.1:6379/\"",
+                    );
+                    None
+                }
+                None => {
+                    p.add(
+                        "state.redis_url",
+                        "is required with backend = \"redis\", e.g. \"redis://127.0.0.1:6379/\"",
+                    );
+                    None
+                }
+            };
+            let fail_open = match raw.redis_failure.as_deref().unwrap_or("open") {
+                "open" => Some(true),
+                "closed" => Some(false),
+                other => {
+                    p.add(
+                        "state.redis_failure",
+                        format!("\"{other}\" is not allowed; use \"open\" or \"closed\""),
+                    );
+                    None
+                }
+            };
+            let prefix = raw.redis_prefix.unwrap_or_else(|| "mailbrake:".into());
+            match (url, fail_open) {
+                (Some(url), Some(fail_open)) => Some(crate::config::FleetConfig {
+                    url,
+                    prefix,
+                    fail_open,
+                }),
+                _ => return None,
+            }
+        }
+        other => {
+            p.add(
+                "state.backend",
+                format!("\"{other}\" is not allowed; use \"sqlite\" or \"redis\""),
+            );
+            return None;
+        }
+    };
+    Some(StateConfig { dir, fleet })
 }
 
 fn server(p: &mut Problems, raw: RawServer) -> Option<ServerConfig> {

@@ -15,7 +15,7 @@ use super::ledger::Ledger;
 use super::policy::{clock_text, rate_text, wait_text, when_text};
 use super::{Limiter, Time};
 use crate::config::LimitAction;
-use crate::driver::SessionPolicy;
+use crate::driver::{Pending, SessionPolicy};
 use crate::metrics as m;
 use crate::protect::Protect;
 use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
@@ -62,10 +62,9 @@ impl Enforcer {
         let p = self.limiter.policy();
         self.identity.key(&p.identity, p.ipv6_prefix)
     }
-}
 
-impl SessionPolicy for Enforcer {
-    fn check_rcpt(&mut self, check: &RcptCheck) -> Verdict {
+    /// Decides one recipient with this process's own engine.
+    fn check_local(&mut self, check: &RcptCheck) -> Verdict {
         self.identity.user = check.user.as_ref().map(|u| u.as_str().to_owned());
         let Some(key) = self.key() else {
             return Verdict::Accept;
@@ -121,7 +120,12 @@ impl SessionPolicy for Enforcer {
             }
         }
     }
+}
 
+impl SessionPolicy for Enforcer {
+    fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict> {
+        Box::pin(std::future::ready(self.check_local(check)))
+    }
     fn check_auth(&mut self, user: Option<&Username>) -> bool {
         let ip = self.identity.ip.expect("set at creation");
         let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
