@@ -260,23 +260,14 @@ impl Engine {
     /// Counts a refusal (and locks the key past the threshold); in observe
     /// mode, accepts without holding anything in the window.
     fn refuse(&mut self, key: &SenderKey, refusal: Refusal, observe: bool, now: Time) -> Decision {
-        self.journal.push(Entry::Refused {
-            key: key.clone(),
-            at: now,
-            observed: observe,
-        });
-        if !observe && matches!(refusal, Refusal::OverLimit(_)) {
-            let window = self.policy.lock_window;
-            let threshold = self.policy.lock_after_refusals;
-            let state = self.keys.get_mut(key).expect("checked key exists");
-            if now.saturating_sub(state.refusals.0) >= window {
-                state.refusals = (now, 0);
-            }
-            state.refusals.1 += 1;
-            let count = state.refusals.1;
-            if threshold.is_some_and(|k| count > k) {
-                self.lock_key(key, LockReason::Refusals(count), now);
-            }
+        if matches!(refusal, Refusal::OverLimit(_)) {
+            self.note_refusal(key, observe, now);
+        } else {
+            self.journal.push(Entry::Refused {
+                key: key.clone(),
+                at: now,
+                observed: observe,
+            });
         }
         if observe {
             Decision::Observed(
@@ -289,6 +280,43 @@ impl Engine {
         } else {
             Decision::Refuse(refusal)
         }
+    }
+
+    /// Journals a recipient over the limit and counts it towards the
+    /// automatic lock; returns the lock if this refusal set one. (Fleet mode
+    /// decides limits in Redis and reports its refusals here.)
+    pub fn note_refusal(&mut self, key: &SenderKey, observe: bool, now: Time) -> Option<Lock> {
+        self.journal.push(Entry::Refused {
+            key: key.clone(),
+            at: now,
+            observed: observe,
+        });
+        if observe {
+            return None;
+        }
+        let window = self.policy.lock_window;
+        let threshold = self.policy.lock_after_refusals;
+        let state = self.keys.entry(key.clone()).or_default();
+        state.last_seen = now;
+        if now.saturating_sub(state.refusals.0) >= window {
+            state.refusals = (now, 0);
+        }
+        state.refusals.1 += 1;
+        let count = state.refusals.1;
+        if threshold.is_some_and(|k| count > k) {
+            self.lock_key(key, LockReason::Refusals(count), now);
+            return self.keys.get(key).and_then(|s| s.lock.as_deref().cloned());
+        }
+        None
+    }
+
+    /// Journals a recipient sent without a window here (fleet mode, exempt
+    /// senders): it still counts in the hourly totals.
+    pub fn note_sent(&mut self, key: &SenderKey, now: Time) {
+        self.journal.push(Entry::Sent {
+            key: key.clone(),
+            at: now,
+        });
     }
 
     /// Locks `key` for the configured lock time (observe mode only logs).

@@ -126,6 +126,18 @@ impl Limiter {
         self.shard(&r.key).commit(r, now);
     }
 
+    /// See [`Engine::note_refusal`].
+    pub fn note_refusal(&self, key: &SenderKey, observe: bool) -> Option<Lock> {
+        let now = self.now();
+        self.shard(key).note_refusal(key, observe, now)
+    }
+
+    /// See [`Engine::note_sent`].
+    pub fn note_sent(&self, key: &SenderKey) {
+        let now = self.now();
+        self.shard(key).note_sent(key, now);
+    }
+
     pub fn release(&self, r: Reservation) {
         self.shard(&r.key).release(r);
     }
