@@ -25,6 +25,7 @@ pub const UPSTREAM_CONNECT_SECONDS: &str = "mailbrake_upstream_connect_seconds";
 pub const END_OF_DATA_SECONDS: &str = "mailbrake_end_of_data_seconds";
 pub const CONFIG_RELOADS: &str = "mailbrake_config_reloads_total";
 pub const STATE_WRITE_ERRORS: &str = "mailbrake_state_write_errors_total";
+pub const FLEET_ERRORS: &str = "mailbrake_fleet_errors_total";
 pub const SENDER_USAGE: &str = "mailbrake_sender_window_usage_ratio";
 pub const SENDER_RECIPIENTS: &str = "mailbrake_sender_window_recipients";
 pub const SENDER_LOCKED: &str = "mailbrake_sender_locked";
@@ -53,6 +54,7 @@ pub const AUTH_MECHANISMS: &[&str] = &[
 ];
 pub const AUTH_RESULTS: &[&str] = &["success", "failure", "blocked"];
 pub const DIRECTIONS: &[&str] = &["client_to_upstream", "upstream_to_client"];
+pub const FLEET_OPS: &[&str] = &["connect", "reserve", "commit", "release", "admin"];
 
 /// Buckets in seconds: connecting to an MTA on the same network takes
 /// milliseconds; end of data includes the MTA's content filters.
@@ -148,6 +150,7 @@ fn describe() {
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP) by result.");
     describe_counter!(STATE_WRITE_ERRORS, "Failed writes to the limits database.");
+    describe_counter!(FLEET_ERRORS, "Failed calls to the fleet's Redis (backend = \"redis\"), by operation.");
     describe_gauge!(
         SENDER_USAGE,
         "Share of its tightest limit a sender has used (pending included); only senders at 80 % or more, or locked."
@@ -214,6 +217,9 @@ fn start_series(listeners: &[String]) {
         counter!(CONFIG_RELOADS, "result" => r).absolute(0);
     }
     counter!(STATE_WRITE_ERRORS).absolute(0);
+    for op in FLEET_OPS {
+        counter!(FLEET_ERRORS, "op" => *op).absolute(0);
+    }
 }
 
 /// Counts one TLS handshake.

@@ -20,6 +20,7 @@ use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
 use crate::limits::vhosts::Vhosts;
+use crate::limits::shared::FleetLink;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
 use crate::protect::Protect;
@@ -137,6 +138,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             }
         })
     };
+    let fleet = config
+        .state
+        .fleet
+        .as_ref()
+        .map(|f| FleetLink::start(f, limiter.policy().longest));
     let keeper = crate::state::start(limiter.clone(), &config.state.dir)
         .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
     let names: Vec<String> = runtimes.iter().map(|rt| rt.cfg.name.clone()).collect();
@@ -168,6 +174,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             .map(|l| l.bind.to_string())
             .collect(),
         reload: reload_tx,
+        fleet: fleet.clone(),
     });
     let admin_listener = TcpListener::bind(config.admin.bind)
         .await
@@ -200,6 +207,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             tracker.clone(),
             limiter.clone(),
             protect.clone(),
+            fleet.clone(),
         ));
     }
 
@@ -375,6 +383,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     limiter: Arc<Limiter>,
     protect: Shared<Protect>,
+    fleet: Option<Arc<FleetLink>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -423,6 +432,7 @@ async fn accept_loop(
             tls = tracing::field::Empty
         );
         let limiter = limiter.clone();
+        let fleet = fleet.clone();
         let env = DriverEnv {
             server_tls: rt.server_tls.clone(),
             upstream_tls: None,
@@ -445,7 +455,7 @@ async fn accept_loop(
                 let name = rt.cfg.name.clone();
                 let active = rt.active.clone();
                 active.fetch_add(1, Ordering::Relaxed);
-                serve(stream, peer, rt, env, limiter, protect).await;
+                serve(stream, peer, rt, env, limiter, protect, fleet).await;
                 active.fetch_sub(1, Ordering::Relaxed);
                 metrics::histogram!(m::SESSION_DURATION, "listener" => name)
                     .record(started.elapsed().as_secs_f64());
@@ -511,6 +521,7 @@ async fn serve(
     mut env: DriverEnv,
     limiter: Arc<Limiter>,
     protect: Arc<Protect>,
+    fleet: Option<Arc<FleetLink>>,
 ) {
     let started = tokio::time::Instant::now();
     let _ = stream.set_nodelay(true);
@@ -554,7 +565,7 @@ async fn serve(
     }
 
     let vhost = find_vhost(&rt.vhosts, client, dialled, proxied);
-    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost);
+    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {

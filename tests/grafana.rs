@@ -140,6 +140,11 @@ const CONTRACT: &[Metric] = &[
         labels: &[],
     },
     Metric {
+        name: "mailbrake_fleet_errors_total",
+        kind: "counter",
+        labels: &[("op", &["connect", "reserve", "commit", "release", "admin"])],
+    },
+    Metric {
         name: "mailbrake_sender_window_usage_ratio",
         kind: "gauge",
         labels: &[SENDER, KEY_CLASS],

@@ -19,6 +19,7 @@ use crate::config::Limit;
 use crate::limits::operate::RuntimeOverride;
 use crate::limits::policy::{Source, rate_text};
 use crate::limits::store::{AuditEntry, Store, StoredOverride};
+use crate::limits::shared::FleetLink;
 use crate::limits::{Limiter, Lock, LockReason, SenderKey, Time};
 
 /// A reload request and where its outcome goes.
@@ -36,6 +37,8 @@ pub struct Api {
     pub listeners: super::ActiveSessions,
     pub binds: Vec<String>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// Fleet mode: changes are shared through Redis too.
+    pub fleet: Option<Arc<FleetLink>>,
 }
 
 /// An error answer: status and `{"error": …}`.
@@ -49,6 +52,14 @@ impl IntoResponse for ApiError {
 
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Applied here, but the fleet's Redis did not take it.
+fn fleet_down(e: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::BAD_GATEWAY,
+        format!("applied on this instance, but not shared with the fleet: {e}; retry when Redis is back"),
+    )
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -233,11 +244,28 @@ fn sender_json(api: &Api, key: &SenderKey) -> Value {
 
 async fn show(State(api): State<Arc<Api>>, Path(key): Path<String>) -> ApiResult {
     let key = parse_key(&key)?;
-    Ok(Json(sender_json(&api, &key)))
+    let mut answer = sender_json(&api, &key);
+    if let Some(fleet) = &api.fleet {
+        // The fleet's counts, not this instance's.
+        let policy = api.limiter.policy();
+        let (rates, _) = policy.limit(&key, None);
+        let (counts, pending) = fleet
+            .counts(&key.to_string(), rates, api.limiter.now())
+            .await
+            .map_err(fleet_down)?;
+        let windows: Vec<Value> = rates
+            .iter()
+            .zip(counts)
+            .map(|(r, n)| json!({"rate": rate_text(r), "recipients": n, "pending": pending}))
+            .collect();
+        answer["windows"] = json!(windows);
+        answer["fleet"] = json!(true);
+    }
+    Ok(Json(answer))
 }
 
 /// Sets an override or exemption: limiter, database and audit together.
-fn set_override(api: &Api, key: &SenderKey, limit: Limit, exempt: bool, c: &Change) -> ApiResult {
+async fn set_override(api: &Api, key: &SenderKey, limit: Limit, exempt: bool, c: &Change) -> ApiResult {
     let now = api.limiter.now();
     let until = c.until(now)?;
     let stored = StoredOverride {
@@ -292,6 +320,12 @@ fn set_override(api: &Api, key: &SenderKey, limit: Limit, exempt: bool, c: &Chan
         },
     );
     tracing::info!(sender = %key, limit = %stored.limit, exempt, ?until, who = %stored.who, reason = %stored.reason, "override set");
+    if let Some(fleet) = &api.fleet {
+        fleet
+            .set_override(&stored.key, &stored.limit, until, now)
+            .await
+            .map_err(fleet_down)?;
+    }
     Ok(Json(json!({
         "key": key.to_string(),
         "override": stored,
@@ -322,7 +356,7 @@ async fn raise(
         .clone()
         .ok_or_else(|| bad("limit is required, e.g. \"500/1h\""))?;
     let limit = crate::config::parse_limit(&text).map_err(|e| bad(format!("limit: {e}")))?;
-    set_override(&api, &key, limit, false, &c)
+    set_override(&api, &key, limit, false, &c).await
 }
 
 async fn exempt(
@@ -332,7 +366,7 @@ async fn exempt(
 ) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
-    set_override(&api, &key, Limit::Unlimited, true, &c)
+    set_override(&api, &key, Limit::Unlimited, true, &c).await
 }
 
 async fn clear(
@@ -368,6 +402,9 @@ async fn clear(
         .map_err(internal)?;
     let removed = api.limiter.remove_override(&key);
     tracing::info!(sender = %key, who = %audit.who, reason = %audit.reason, "override cleared");
+    if let Some(fleet) = &api.fleet {
+        fleet.remove_override(&key.to_string()).await.map_err(fleet_down)?;
+    }
     Ok(Json(
         json!({"key": key.to_string(), "removed": removed.map(|r| r.stored)}),
     ))
@@ -407,6 +444,12 @@ async fn lock(
         reason: LockReason::Operator(c.reason.clone()),
     };
     api.limiter.lock(&key, lock.clone());
+    if let Some(fleet) = &api.fleet {
+        fleet
+            .lock(&key.to_string(), until, &lock.reason.to_string(), now)
+            .await
+            .map_err(fleet_down)?;
+    }
     tracing::warn!(sender = %key, who = %c.who(), reason = %c.reason, "sender locked by an operator");
     Ok(Json(
         json!({"key": key.to_string(), "lock": {"until": lock.until, "reason": lock.reason.to_string()}}),
@@ -420,11 +463,13 @@ async fn unlock(
 ) -> ApiResult {
     let key = parse_key(&key)?;
     let c = body(raw).checked()?;
-    if api.limiter.status(&key, None).lock.is_none() {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("{key} is not locked"),
-        ));
+    let locked_here = api.limiter.status(&key, None).lock.is_some();
+    let locked_in_fleet = match &api.fleet {
+        Some(fleet) => fleet.unlock(&key.to_string()).await.map_err(fleet_down)?,
+        None => false,
+    };
+    if !locked_here && !locked_in_fleet {
+        return Err(ApiError(StatusCode::CONFLICT, format!("{key} is not locked")));
     }
     record(
         &api,
@@ -471,6 +516,9 @@ async fn reset(
         },
     )?;
     api.limiter.reset(&key);
+    if let Some(fleet) = &api.fleet {
+        fleet.reset(&key.to_string()).await.map_err(fleet_down)?;
+    }
     tracing::info!(sender = %key, who = %c.who(), reason = %c.reason, "sender counts reset");
     Ok(Json(json!({"key": key.to_string()})))
 }

@@ -165,11 +165,11 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
         }
         "redis" => {
             let url = match raw.redis_url {
-                Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => Some(u),
+                Some(u) if u.starts_with("redis://") => Some(u),
                 Some(_) => {
                     p.add(
                         "state.redis_url",
-                        "must start with redis:// (or rediss://), e.g. \"redis://127.0.0.1:6379/\"",
+                        "must start with redis:// (TLS to Redis is not supported), e.g. \"redis://127.0.0.1:6379/\"",
                     );
                     None
                 }

@@ -9,7 +9,11 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::engine::{Decision, Refusal};
+use super::engine::{Decision, Lock, LockReason, Refusal};
+use super::fleet::FleetDecision;
+use super::ledger::Remote;
+use super::shared::FleetLink;
+use super::window::Full;
 use super::key::{Identity, SenderKey};
 use super::ledger::Ledger;
 use super::policy::{clock_text, rate_text, wait_text, when_text};
@@ -28,6 +32,8 @@ pub struct Enforcer {
     ledger: Ledger,
     identity: Identity,
     last_key: Option<SenderKey>,
+    /// Set in fleet mode: limits are decided in the fleet's Redis.
+    fleet: Option<(Arc<FleetLink>, Arc<dyn Remote>)>,
 }
 
 impl Enforcer {
@@ -37,8 +43,13 @@ impl Enforcer {
         protect: Arc<Protect>,
         ip: IpAddr,
         vhost: Option<String>,
+        fleet: Option<Arc<FleetLink>>,
     ) -> Self {
         let mut enforcer = Enforcer {
+            fleet: fleet.map(|f| {
+                let remote: Arc<dyn Remote> = Arc::new(f.clone());
+                (f, remote)
+            }),
             ledger: Ledger::new(limiter.clone()),
             limiter,
             protect,
@@ -63,16 +74,99 @@ impl Enforcer {
         self.identity.key(&p.identity, p.ipv6_prefix)
     }
 
-    /// Decides one recipient with this process's own engine.
-    fn check_local(&mut self, check: &RcptCheck) -> Verdict {
+    /// The key for this RCPT (the identity may have changed: AUTH), noted in
+    /// the span when it changed.
+    fn key_for(&mut self, check: &RcptCheck) -> Option<SenderKey> {
         self.identity.user = check.user.as_ref().map(|u| u.as_str().to_owned());
-        let Some(key) = self.key() else {
-            return Verdict::Accept;
-        };
+        let key = self.key()?;
         if self.last_key.as_ref() != Some(&key) {
             tracing::Span::current().record("sender", tracing::field::display(&key));
             self.last_key = Some(key.clone());
         }
+        Some(key)
+    }
+
+    /// Decides one recipient in the fleet's Redis: shared counters,
+    /// reservations, locks and overrides. Refusals still count towards this
+    /// process's automatic lock, which is then shared.
+    async fn check_fleet(&mut self, check: &RcptCheck, link: Arc<FleetLink>, remote: Arc<dyn Remote>) -> Verdict {
+        let Some(key) = self.key_for(check) else {
+            return Verdict::Accept;
+        };
+        let class = key.class().as_str();
+        let count = |outcome: &'static str, decision: &'static str| {
+            counter!(m::RECIPIENTS, "class" => class, "outcome" => outcome).increment(1);
+            counter!(m::LIMIT_DECISIONS, "result" => decision).increment(1);
+        };
+        let policy = self.limiter.policy();
+        let observe = policy.action == LimitAction::Observe;
+        let (rates, _) = policy.limit(&key, self.identity.ip);
+        if rates.is_empty() {
+            count("accepted", "accepted");
+            self.ledger.forwarded_uncounted(key);
+            return Verdict::Accept;
+        }
+        let rates = rates.to_vec();
+        let now = self.limiter.now();
+        let id = link.new_id().unwrap_or_default();
+        let text_key = key.to_string();
+        let refusal = match link.reserve(&text_key, &rates, now, &id).await {
+            Ok(FleetDecision::Reserved) => {
+                if !self.protect.allow_rcpt(&key) {
+                    remote.release(&key, &id);
+                    count("deferred", "over_limit");
+                    return Verdict::Refuse(format!("450 4.7.1 Too many recipients too quickly for {key}; slow down"));
+                }
+                count("accepted", "accepted");
+                self.ledger.forwarded_remote(key, id, remote);
+                return Verdict::Accept;
+            }
+            Ok(FleetDecision::Full { rate_index, next_free }) => {
+                let rate = rates.get(rate_index).copied().unwrap_or(rates[0]);
+                if let Some(lock) = self.limiter.note_refusal(&key, observe) {
+                    let reason = lock.reason.to_string();
+                    // Shared with the fleet (a failure is logged and counted).
+                    let _ = link.lock(&text_key, lock.until, &reason, now).await;
+                }
+                Refusal::OverLimit(Full { rate, next_free })
+            }
+            Ok(FleetDecision::Locked { until, reason }) => Refusal::Locked(Lock {
+                until,
+                reason: LockReason::Restored(reason),
+            }),
+            Err(_) => {
+                if link.fail_open {
+                    count("accepted", "accepted");
+                    self.ledger.forwarded_uncounted(key);
+                    return Verdict::Accept;
+                }
+                count("deferred", "over_limit");
+                return Verdict::Refuse("451 4.3.0 Recipient limits are temporarily unavailable; try again later".into());
+            }
+        };
+        let decision = match refusal {
+            Refusal::OverLimit(_) => "over_limit",
+            Refusal::Locked(_) => "locked",
+        };
+        if observe {
+            let text = refusal_text(&key, &refusal, LimitAction::Observe, &self.limiter);
+            tracing::info!(sender = %key, rcpt = %check.recipient, would_reply = %text, "over the limit (observe mode: accepted)");
+            count("observed", "observed");
+            self.ledger.forwarded_uncounted(key);
+            return Verdict::Accept;
+        }
+        let text = refusal_text(&key, &refusal, policy.action, &self.limiter);
+        tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
+        let outcome = if text.starts_with('5') { "rejected" } else { "deferred" };
+        count(outcome, decision);
+        Verdict::Refuse(text)
+    }
+
+    /// Decides one recipient with this process's own engine.
+    fn check_local(&mut self, check: &RcptCheck) -> Verdict {
+        let Some(key) = self.key_for(check) else {
+            return Verdict::Accept;
+        };
         let mail_from = check
             .first_in_transaction
             .then_some(check.mail_from.as_str());
@@ -124,7 +218,10 @@ impl Enforcer {
 
 impl SessionPolicy for Enforcer {
     fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict> {
-        Box::pin(std::future::ready(self.check_local(check)))
+        match self.fleet.clone() {
+            Some((link, remote)) => Box::pin(self.check_fleet(check, link, remote)),
+            None => Box::pin(std::future::ready(self.check_local(check))),
+        }
     }
     fn check_auth(&mut self, user: Option<&Username>) -> bool {
         let ip = self.identity.ip.expect("set at creation");

@@ -9,8 +9,10 @@
 //! - [`store`]: the embedded database (SQLite) that survives restarts.
 //! - [`operate`]: what operators do at run time: overrides that expire,
 //!   exemptions, resets.
+//! - [`shared`]: this process's link to a fleet's Redis.
 //! - [`ledger`]: one session's reservations, committed or released as its
 //!   transactions end, released when it disconnects.
+//! - [`fleet`]: fleet mode: windows, locks and overrides shared in Redis.
 //!
 //! [`Limiter`] shares the engine between sessions: keys are spread over
 //! shards, each behind its own mutex, so decisions on different keys rarely
@@ -18,11 +20,13 @@
 
 pub mod enforce;
 pub mod engine;
+pub mod fleet;
 pub mod journal;
 pub mod key;
 pub mod ledger;
 pub mod operate;
 pub mod policy;
+pub mod shared;
 pub mod store;
 pub mod vhosts;
 pub mod window;

@@ -1,0 +1,138 @@
+//! This process's link to a fleet (`[state] backend = "redis"`): the
+//! Redis connection (made in the background, so an unreachable Redis never
+//! keeps mailbrake from starting), what to do while Redis cannot be reached,
+//! and the background settling of reservations. Every failure is logged and
+//! counted (`mailbrake_fleet_errors_total{op}`); the connection recovers by
+//! itself.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics::counter;
+
+use super::fleet::{Fleet, FleetDecision};
+use super::ledger::Remote;
+use super::{Clock, SenderKey, SystemClock, Time};
+use crate::config::{FleetConfig, Rate};
+use crate::metrics as m;
+
+/// The fleet, shared by every session of this process.
+pub struct FleetLink {
+    fleet: OnceLock<Fleet>,
+    /// Accept recipients when Redis cannot be reached (else defer them).
+    pub fail_open: bool,
+    /// The longest window of the policy, for send expiry.
+    pub longest: AtomicU32,
+}
+
+/// A failed fleet call (already logged and counted).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(String);
+
+impl FleetLink {
+    /// Starts connecting in the background (retrying every second) and
+    /// returns at once.
+    pub fn start(cfg: &FleetConfig, longest: Time) -> Arc<Self> {
+        let link = Arc::new(FleetLink {
+            fleet: OnceLock::new(),
+            fail_open: cfg.fail_open,
+            longest: AtomicU32::new(longest),
+        });
+        let (target, url, prefix) = (link.clone(), cfg.url.clone(), cfg.prefix.clone());
+        tokio::spawn(async move {
+            loop {
+                match Fleet::connect(&url, &prefix).await {
+                    Ok(fleet) => {
+                        tracing::info!(%prefix, "fleet state in Redis: connected");
+                        let _ = target.fleet.set(fleet);
+                        return;
+                    }
+                    Err(e) => {
+                        counter!(m::FLEET_ERRORS, "op" => "connect").increment(1);
+                        tracing::error!(fail_open = target.fail_open, "cannot reach the fleet's Redis, retrying: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        link
+    }
+
+    fn get(&self, op: &'static str) -> Result<&Fleet, Unavailable> {
+        self.fleet.get().ok_or_else(|| {
+            counter!(m::FLEET_ERRORS, "op" => op).increment(1);
+            Unavailable("not connected to the fleet's Redis yet".into())
+        })
+    }
+
+    fn failed<T>(&self, op: &'static str, r: Result<T, super::fleet::FleetError>) -> Result<T, Unavailable> {
+        r.map_err(|e| {
+            counter!(m::FLEET_ERRORS, "op" => op).increment(1);
+            tracing::warn!(op, fail_open = self.fail_open, "fleet state unavailable: {e}");
+            Unavailable(e.to_string())
+        })
+    }
+
+    pub fn new_id(&self) -> Option<String> {
+        self.fleet.get().map(Fleet::new_id)
+    }
+
+    pub async fn reserve(&self, key: &str, rates: &[Rate], now: Time, id: &str) -> Result<FleetDecision, Unavailable> {
+        let f = self.get("reserve")?;
+        self.failed("reserve", f.reserve(key, rates, now, id).await)
+    }
+
+    pub async fn lock(&self, key: &str, until: Option<Time>, reason: &str, now: Time) -> Result<(), Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.lock(key, until, reason, now).await)
+    }
+
+    pub async fn unlock(&self, key: &str) -> Result<bool, Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.unlock(key).await)
+    }
+
+    pub async fn set_override(&self, key: &str, limit: &str, until: Option<Time>, now: Time) -> Result<(), Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.set_override(key, limit, until, now).await)
+    }
+
+    pub async fn remove_override(&self, key: &str) -> Result<bool, Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.remove_override(key).await)
+    }
+
+    pub async fn reset(&self, key: &str) -> Result<(), Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.reset(key).await)
+    }
+
+    pub async fn counts(&self, key: &str, rates: &[Rate], now: Time) -> Result<(Vec<u64>, u64), Unavailable> {
+        let f = self.get("admin")?;
+        self.failed("admin", f.counts(key, rates, now).await)
+    }
+}
+
+impl Remote for Arc<FleetLink> {
+    fn commit(&self, key: &SenderKey, id: &str) {
+        let (link, key, id) = (self.clone(), key.to_string(), id.to_owned());
+        tokio::spawn(async move {
+            let now = SystemClock.now();
+            let longest = link.longest.load(Ordering::Relaxed);
+            if let Ok(f) = link.get("commit") {
+                let _ = link.failed("commit", f.commit(&key, &id, now, longest).await);
+            }
+        });
+    }
+
+    fn release(&self, key: &SenderKey, id: &str) {
+        let (link, key, id) = (self.clone(), key.to_string(), id.to_owned());
+        tokio::spawn(async move {
+            if let Ok(f) = link.get("release") {
+                let _ = link.failed("release", f.release(&key, &id).await);
+            }
+        });
+    }
+}
