@@ -150,7 +150,10 @@ fn describe() {
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP) by result.");
     describe_counter!(STATE_WRITE_ERRORS, "Failed writes to the limits database.");
-    describe_counter!(FLEET_ERRORS, "Failed calls to the fleet's Redis (backend = \"redis\"), by operation.");
+    describe_counter!(
+        FLEET_ERRORS,
+        "Failed calls to the fleet's Redis (backend = \"redis\"), by operation."
+    );
     describe_gauge!(
         SENDER_USAGE,
         "Share of its tightest limit a sender has used (pending included); only senders at 80 % or more, or locked."

@@ -19,8 +19,8 @@ use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTarget, UpstreamT
 use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
-use crate::limits::vhosts::Vhosts;
 use crate::limits::shared::FleetLink;
+use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
 use crate::protect::Protect;
@@ -184,6 +184,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
     tracing::info!(bind = %bound, "admin endpoint ready: /metrics");
     tokio::spawn(crate::admin::refresh(admin, admin_stop.clone()));
+    let services = Arc::new(Services {
+        limiter: limiter.clone(),
+        protect: protect.clone(),
+        fleet: fleet.clone(),
+    });
     for rt in runtimes {
         let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
             anyhow::anyhow!(
@@ -205,9 +210,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             accepting.clone(),
             stop.clone(),
             tracker.clone(),
-            limiter.clone(),
-            protect.clone(),
-            fleet.clone(),
+            services.clone(),
         ));
     }
 
@@ -356,6 +359,13 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Result<Config, String>
     Ok(config)
 }
 
+/// What every session shares, whichever listener accepted it.
+struct Services {
+    limiter: Arc<Limiter>,
+    protect: Shared<Protect>,
+    fleet: Option<Arc<FleetLink>>,
+}
+
 /// A value replaced on reload and read by every new session.
 type Shared<T> = Arc<std::sync::RwLock<Arc<T>>>;
 
@@ -381,9 +391,7 @@ async fn accept_loop(
     accepting: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
-    limiter: Arc<Limiter>,
-    protect: Shared<Protect>,
-    fleet: Option<Arc<FleetLink>>,
+    services: Arc<Services>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -401,7 +409,7 @@ async fn accept_loop(
             }
         };
         let rt = rx.borrow().clone();
-        let protect = current(&protect);
+        let protect = current(&services.protect);
         let refused = |reason: &'static str| {
             metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => rt.cfg.name.clone(), "reason" => reason)
                 .increment(1);
@@ -431,8 +439,7 @@ async fn accept_loop(
             sender = tracing::field::Empty,
             tls = tracing::field::Empty
         );
-        let limiter = limiter.clone();
-        let fleet = fleet.clone();
+        let (limiter, fleet) = (services.limiter.clone(), services.fleet.clone());
         let env = DriverEnv {
             server_tls: rt.server_tls.clone(),
             upstream_tls: None,

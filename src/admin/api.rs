@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Limit;
 use crate::limits::operate::RuntimeOverride;
 use crate::limits::policy::{Source, rate_text};
-use crate::limits::store::{AuditEntry, Store, StoredOverride};
 use crate::limits::shared::FleetLink;
+use crate::limits::store::{AuditEntry, Store, StoredOverride};
 use crate::limits::{Limiter, Lock, LockReason, SenderKey, Time};
 
 /// A reload request and where its outcome goes.
@@ -58,7 +58,9 @@ fn bad(msg: impl Into<String>) -> ApiError {
 fn fleet_down(e: impl std::fmt::Display) -> ApiError {
     ApiError(
         StatusCode::BAD_GATEWAY,
-        format!("applied on this instance, but not shared with the fleet: {e}; retry when Redis is back"),
+        format!(
+            "applied on this instance, but not shared with the fleet: {e}; retry when Redis is back"
+        ),
     )
 }
 
@@ -265,7 +267,13 @@ async fn show(State(api): State<Arc<Api>>, Path(key): Path<String>) -> ApiResult
 }
 
 /// Sets an override or exemption: limiter, database and audit together.
-async fn set_override(api: &Api, key: &SenderKey, limit: Limit, exempt: bool, c: &Change) -> ApiResult {
+async fn set_override(
+    api: &Api,
+    key: &SenderKey,
+    limit: Limit,
+    exempt: bool,
+    c: &Change,
+) -> ApiResult {
     let now = api.limiter.now();
     let until = c.until(now)?;
     let stored = StoredOverride {
@@ -403,7 +411,10 @@ async fn clear(
     let removed = api.limiter.remove_override(&key);
     tracing::info!(sender = %key, who = %audit.who, reason = %audit.reason, "override cleared");
     if let Some(fleet) = &api.fleet {
-        fleet.remove_override(&key.to_string()).await.map_err(fleet_down)?;
+        fleet
+            .remove_override(&key.to_string())
+            .await
+            .map_err(fleet_down)?;
     }
     Ok(Json(
         json!({"key": key.to_string(), "removed": removed.map(|r| r.stored)}),
@@ -469,7 +480,10 @@ async fn unlock(
         None => false,
     };
     if !locked_here && !locked_in_fleet {
-        return Err(ApiError(StatusCode::CONFLICT, format!("{key} is not locked")));
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("{key} is not locked"),
+        ));
     }
     record(
         &api,

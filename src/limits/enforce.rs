@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use super::engine::{Decision, Lock, LockReason, Refusal};
 use super::fleet::FleetDecision;
-use super::ledger::Remote;
-use super::shared::FleetLink;
-use super::window::Full;
 use super::key::{Identity, SenderKey};
 use super::ledger::Ledger;
+use super::ledger::Remote;
 use super::policy::{clock_text, rate_text, wait_text, when_text};
+use super::shared::FleetLink;
+use super::window::Full;
 use super::{Limiter, Time};
 use crate::config::LimitAction;
 use crate::driver::{Pending, SessionPolicy};
@@ -89,7 +89,12 @@ impl Enforcer {
     /// Decides one recipient in the fleet's Redis: shared counters,
     /// reservations, locks and overrides. Refusals still count towards this
     /// process's automatic lock, which is then shared.
-    async fn check_fleet(&mut self, check: &RcptCheck, link: Arc<FleetLink>, remote: Arc<dyn Remote>) -> Verdict {
+    async fn check_fleet(
+        &mut self,
+        check: &RcptCheck,
+        link: Arc<FleetLink>,
+        remote: Arc<dyn Remote>,
+    ) -> Verdict {
         let Some(key) = self.key_for(check) else {
             return Verdict::Accept;
         };
@@ -115,13 +120,18 @@ impl Enforcer {
                 if !self.protect.allow_rcpt(&key) {
                     remote.release(&key, &id);
                     count("deferred", "over_limit");
-                    return Verdict::Refuse(format!("450 4.7.1 Too many recipients too quickly for {key}; slow down"));
+                    return Verdict::Refuse(format!(
+                        "450 4.7.1 Too many recipients too quickly for {key}; slow down"
+                    ));
                 }
                 count("accepted", "accepted");
                 self.ledger.forwarded_remote(key, id, remote);
                 return Verdict::Accept;
             }
-            Ok(FleetDecision::Full { rate_index, next_free }) => {
+            Ok(FleetDecision::Full {
+                rate_index,
+                next_free,
+            }) => {
                 let rate = rates.get(rate_index).copied().unwrap_or(rates[0]);
                 if let Some(lock) = self.limiter.note_refusal(&key, observe) {
                     let reason = lock.reason.to_string();
@@ -141,7 +151,10 @@ impl Enforcer {
                     return Verdict::Accept;
                 }
                 count("deferred", "over_limit");
-                return Verdict::Refuse("451 4.3.0 Recipient limits are temporarily unavailable; try again later".into());
+                return Verdict::Refuse(
+                    "451 4.3.0 Recipient limits are temporarily unavailable; try again later"
+                        .into(),
+                );
             }
         };
         let decision = match refusal {
@@ -157,7 +170,11 @@ impl Enforcer {
         }
         let text = refusal_text(&key, &refusal, policy.action, &self.limiter);
         tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
-        let outcome = if text.starts_with('5') { "rejected" } else { "deferred" };
+        let outcome = if text.starts_with('5') {
+            "rejected"
+        } else {
+            "deferred"
+        };
         count(outcome, decision);
         Verdict::Refuse(text)
     }

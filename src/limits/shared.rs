@@ -51,7 +51,10 @@ impl FleetLink {
                     }
                     Err(e) => {
                         counter!(m::FLEET_ERRORS, "op" => "connect").increment(1);
-                        tracing::error!(fail_open = target.fail_open, "cannot reach the fleet's Redis, retrying: {e}");
+                        tracing::error!(
+                            fail_open = target.fail_open,
+                            "cannot reach the fleet's Redis, retrying: {e}"
+                        );
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
@@ -67,10 +70,18 @@ impl FleetLink {
         })
     }
 
-    fn failed<T>(&self, op: &'static str, r: Result<T, super::fleet::FleetError>) -> Result<T, Unavailable> {
+    fn failed<T>(
+        &self,
+        op: &'static str,
+        r: Result<T, super::fleet::FleetError>,
+    ) -> Result<T, Unavailable> {
         r.map_err(|e| {
             counter!(m::FLEET_ERRORS, "op" => op).increment(1);
-            tracing::warn!(op, fail_open = self.fail_open, "fleet state unavailable: {e}");
+            tracing::warn!(
+                op,
+                fail_open = self.fail_open,
+                "fleet state unavailable: {e}"
+            );
             Unavailable(e.to_string())
         })
     }
@@ -79,12 +90,24 @@ impl FleetLink {
         self.fleet.get().map(Fleet::new_id)
     }
 
-    pub async fn reserve(&self, key: &str, rates: &[Rate], now: Time, id: &str) -> Result<FleetDecision, Unavailable> {
+    pub async fn reserve(
+        &self,
+        key: &str,
+        rates: &[Rate],
+        now: Time,
+        id: &str,
+    ) -> Result<FleetDecision, Unavailable> {
         let f = self.get("reserve")?;
         self.failed("reserve", f.reserve(key, rates, now, id).await)
     }
 
-    pub async fn lock(&self, key: &str, until: Option<Time>, reason: &str, now: Time) -> Result<(), Unavailable> {
+    pub async fn lock(
+        &self,
+        key: &str,
+        until: Option<Time>,
+        reason: &str,
+        now: Time,
+    ) -> Result<(), Unavailable> {
         let f = self.get("admin")?;
         self.failed("admin", f.lock(key, until, reason, now).await)
     }
@@ -94,7 +117,13 @@ impl FleetLink {
         self.failed("admin", f.unlock(key).await)
     }
 
-    pub async fn set_override(&self, key: &str, limit: &str, until: Option<Time>, now: Time) -> Result<(), Unavailable> {
+    pub async fn set_override(
+        &self,
+        key: &str,
+        limit: &str,
+        until: Option<Time>,
+        now: Time,
+    ) -> Result<(), Unavailable> {
         let f = self.get("admin")?;
         self.failed("admin", f.set_override(key, limit, until, now).await)
     }
@@ -109,7 +138,12 @@ impl FleetLink {
         self.failed("admin", f.reset(key).await)
     }
 
-    pub async fn counts(&self, key: &str, rates: &[Rate], now: Time) -> Result<(Vec<u64>, u64), Unavailable> {
+    pub async fn counts(
+        &self,
+        key: &str,
+        rates: &[Rate],
+        now: Time,
+    ) -> Result<(Vec<u64>, u64), Unavailable> {
         let f = self.get("admin")?;
         self.failed("admin", f.counts(key, rates, now).await)
     }
