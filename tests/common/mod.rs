@@ -164,6 +164,14 @@ impl Mailbrake {
         }
     }
 
+    /// A log line containing `needle`, already logged or still to come.
+    pub fn logged(&mut self, needle: &str) -> String {
+        match self.logs().lines().find(|l| l.contains(needle)) {
+            Some(line) => line.to_owned(),
+            None => self.wait_log(needle),
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -1,0 +1,246 @@
+//! Fleet mode for real: two mailbrake processes share one limit through a
+//! real redis-server started by the test; Redis stopped and restarted
+//! mid-test behaves as `redis_failure` says, and recovers by itself.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use common::upstream::{Opts, Upstream};
+use common::*;
+
+/// A redis-server of the test's own on 127.0.0.1, stopped on drop.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        assert!(
+            std::path::Path::new("/usr/bin/redis-server").exists(),
+            "FLEET TEST CANNOT RUN: /usr/bin/redis-server is missing (.ci/run installs Debian's redis-server)"
+        );
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        r.run();
+        r
+    }
+
+    /// Starts the server on its port and waits until it answers PING (bounded).
+    fn run(&mut self) {
+        let child = Command::new("/usr/bin/redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            let pong = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                .unwrap_or(false);
+            if pong {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not answer PING");
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One mailbrake of the fleet.
+struct Node {
+    mb: Mailbrake,
+    port: u16,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn node(redis: &Redis, up: &Upstream, failure: &str) -> Node {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = format!(
+        "[server]\nhostname = \"mb.test\"\n\
+         [state]\ndir = {:?}\nbackend = \"redis\"\nredis_url = {:?}\nredis_prefix = \"fleettest:\"\nredis_failure = {failure:?}\n\
+         [limits]\ndefault = \"12/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n\
+         [protect]\nconnections_per_ip = \"off\"\n",
+        dir.path().join("state"),
+        redis.url()
+    ) + &listener("l", port, "none", None, &up.addr.to_string(), "allow_plaintext_auth = true\n");
+    let mut mb = Mailbrake::start(&cfg);
+    mb.logged("fleet state in Redis: connected");
+    let admin = admin_addr(&mut mb);
+    Node {
+        mb,
+        port,
+        admin,
+        _dir: dir,
+    }
+}
+
+/// Logs in as `user`, pipelines `n` RCPTs, sends the message if any was
+/// accepted; the RCPT replies.
+async fn send(port: u16, user: &str, n: usize) -> Vec<String> {
+    let mut c = Raw::greeted(port).await;
+    let blob = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"));
+    expect(&c.cmd(&format!("AUTH PLAIN {blob}")).await, "235");
+    let mut batch = String::from("MAIL FROM:<s@example.com>\r\n");
+    for i in 0..n {
+        batch.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
+    }
+    c.send(batch.as_bytes()).await;
+    expect(&c.reply().await.unwrap(), "250");
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        replies.push(c.reply().await.unwrap());
+    }
+    if replies.iter().any(|r| r.starts_with("250")) {
+        expect(&c.cmd("DATA").await, "354");
+        c.send(b"Subject: f\r\n\r\nhi\r\n.\r\n").await;
+        expect(&c.reply().await.unwrap(), "250");
+    }
+    expect(&c.cmd("QUIT").await, "221");
+    replies
+}
+
+fn accepted(replies: &[String]) -> usize {
+    replies.iter().filter(|r| r.starts_with("250")).count()
+}
+
+async fn upstream() -> Upstream {
+    Upstream::start(Opts {
+        any_user_password: Some("secret"),
+        ..Opts::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_enforce_one_limit_exactly() {
+    let redis = Redis::start();
+    let up = upstream().await;
+    let (a, b) = (node(&redis, &up, "open"), node(&redis, &up, "open"));
+    // Ten sessions at once, half through each process, 3 recipients each:
+    // 30 offered, exactly 12 accepted between them.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let port = if i % 2 == 0 { a.port } else { b.port };
+        tasks.push(tokio::spawn(send(port, "alice", 3)));
+    }
+    let mut total = 0;
+    let mut deferred = Vec::new();
+    for t in tasks {
+        let replies = t.await.unwrap();
+        total += accepted(&replies);
+        deferred.extend(replies.into_iter().filter(|r| !r.starts_with("250")));
+    }
+    assert_eq!(total, 12, "the fleet let {total} through");
+    assert!(
+        deferred.iter().all(|r| r.starts_with("450 4.7.1 Recipient limit reached for auth:alice (12/1h)")),
+        "{deferred:?}"
+    );
+    // Another sender has its own 12, on either process.
+    assert_eq!(accepted(&send(b.port, "bob", 15).await), 12);
+
+    // An override set through one process's API holds on the other.
+    let raise = serde_json::json!({"limit": "20/1h", "reason": "fleet test", "who": "t"});
+    let (code, body) = http(a.admin, "PUT", "/api/senders/auth%3Acarol/override", Some(raise)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(accepted(&send(b.port, "carol", 25).await), 20);
+    // So does a lock.
+    let lock = serde_json::json!({"reason": "fleet test", "who": "t"});
+    let (code, _) = http(b.admin, "POST", "/api/senders/auth%3Adave/lock", Some(lock.clone())).await;
+    assert_eq!(code, 200);
+    let replies = send(a.port, "dave", 1).await;
+    assert!(replies[0].starts_with("450 4.7.1 Sender auth:dave is locked"), "{replies:?}");
+    let (code, _) = http(a.admin, "POST", "/api/senders/auth%3Adave/unlock", Some(lock)).await;
+    assert_eq!(code, 200);
+    assert_eq!(accepted(&send(b.port, "dave", 1).await), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_away_fails_open_or_closed_and_recovers() {
+    let mut redis = Redis::start();
+    let up = upstream().await;
+    let mut open = node(&redis, &up, "open");
+    let closed = node(&redis, &up, "closed");
+    assert_eq!(accepted(&send(open.port, "erin", 15).await), 12);
+
+    redis.stop();
+    // Fail open: mail flows, unlimited, and it is logged and counted.
+    assert_eq!(accepted(&send(open.port, "erin", 5).await), 5);
+    tokio::task::block_in_place(|| open.mb.wait_log("fleet state unavailable"));
+    let metrics = samples(&scrape(open.admin).await);
+    let errors = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("mailbrake_fleet_errors_total{op=\"reserve\"}"))
+        .map(|(_, v)| *v)
+        .sum::<f64>();
+    assert!(errors >= 5.0, "reserve errors counted: {errors}");
+    // Fail closed: deferred with a temporary error.
+    let replies = send(closed.port, "erin", 2).await;
+    assert!(
+        replies.iter().all(|r| r.starts_with("451 4.3.0 Recipient limits are temporarily unavailable")),
+        "{replies:?}"
+    );
+
+    // Redis back (empty: it keeps nothing on disk here): both recover by
+    // themselves and enforce the limit again.
+    redis.run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let replies = send(closed.port, "frank", 1).await;
+        if accepted(&replies) == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recovered: {replies:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted(&send(open.port, "frank", 15).await), 11, "one of 12 already sent");
+}
+
+/// One HTTP call to an admin API; (status, body).
+async fn http(admin: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+}
