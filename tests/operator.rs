@@ -417,7 +417,11 @@ async fn the_cli_drives_the_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_report_matches_the_traffic_in_observe_mode() {
     let r = rig("action = \"observe\"\n", "").await;
-    assert_eq!(accepted(r.port, "alice", 5).await, 5, "observe mode accepts everything");
+    assert_eq!(
+        accepted(r.port, "alice", 5).await,
+        5,
+        "observe mode accepts everything"
+    );
     assert_eq!(accepted(r.port, "bob", 2).await, 2);
     // Hourly totals are written with the journal, every second: poll the
     // report (bounded) until they are in.
@@ -428,7 +432,10 @@ async fn the_report_matches_the_traffic_in_observe_mode() {
         if report["summary"]["senders"] == 2 {
             break report;
         }
-        assert!(std::time::Instant::now() < deadline, "the report never saw the traffic: {report}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report never saw the traffic: {report}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     let sender = |key: &str| {
@@ -443,19 +450,58 @@ async fn the_report_matches_the_traffic_in_observe_mode() {
     let alice = sender("auth:alice");
     assert_eq!(alice["total"], 5);
     assert_eq!(alice["peak_hour"], 5);
-    assert_eq!(alice["observed"], 2, "2 over 3/1h, accepted in observe mode");
+    assert_eq!(
+        alice["observed"], 2,
+        "2 over 3/1h, accepted in observe mode"
+    );
     assert_eq!(alice["hours_over_limit"], 1);
     assert_eq!(alice["limit"], "3/1h");
     let bob = sender("auth:bob");
-    assert_eq!((bob["total"].clone(), bob["hours_over_limit"].clone()), (json!(2), json!(0)));
+    assert_eq!(
+        (bob["total"].clone(), bob["hours_over_limit"].clone()),
+        (json!(2), json!(0))
+    );
     // The CLI prints the same report as text and CSV.
     let a = r.admin;
     let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["report", "--days", "30"]));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("2 senders") && out.contains("auth:alice"), "{out}");
+    assert!(
+        out.contains("2 senders") && out.contains("auth:alice"),
+        "{out}"
+    );
     let (code, csv, _) = tokio::task::block_in_place(|| cli(a, &["report", "--csv"]));
     assert_eq!(code, 0);
     let header = csv.lines().next().unwrap();
-    assert!(header.contains("key") && header.contains("peak"), "{header}");
-    assert_eq!(csv.lines().count(), 3, "a header and one row per sender: {csv}");
+    assert!(
+        header.contains("key") && header.contains("peak"),
+        "{header}"
+    );
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "a header and one row per sender: {csv}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mailbrake_reload_applies_the_file_and_keeps_counts() {
+    let r = rig("", "").await;
+    assert_eq!(accepted(r.port, "alice", 3).await, 3);
+    // A live session across the reload.
+    let mut live = Raw::greeted(r.port).await;
+    let cfg = std::fs::read_to_string(&r.mb.config).unwrap();
+    std::fs::write(&r.mb.config, cfg.replace("default = \"3/1h\"", "default = \"5/1h\"")).unwrap();
+    let a = r.admin;
+    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["reload"]));
+    assert_eq!(code, 0, "{out}{err}");
+    // Counts kept: 3 of the new 5 used.
+    assert_eq!(accepted(r.port, "alice", 5).await, 2);
+    expect(&live.cmd("NOOP").await, "250");
+    // A broken file is refused with every error, and the old policy stays.
+    std::fs::write(&r.mb.config, "[limits]\ndefault = \"five\"\n").unwrap();
+    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["reload"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("limits.default"), "{err}");
+    let (_, body) = call(r.admin, "GET", "/api/status", None, None).await;
+    assert_eq!(body["default_limit"], "5/1h");
 }
