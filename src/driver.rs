@@ -15,8 +15,31 @@ use crate::leg::Leg;
 use crate::metrics as m;
 use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
 
-/// Read buffer per leg.
-const READ_BUF: usize = 64 * 1024;
+/// Read buffers per leg: small while a session idles (thousands may be
+/// open), grown while data streams (a full read doubles it), shrunk back
+/// when reads come in small again.
+const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MAX: usize = 64 * 1024;
+
+/// A read buffer that follows the traffic.
+struct ReadBuf(Vec<u8>);
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf(vec![0; READ_BUF_MIN])
+    }
+
+    /// After a read of `n` bytes: grow when it filled the buffer, shrink when
+    /// it used little of a grown one.
+    fn fit(&mut self, n: usize) {
+        let len = self.0.len();
+        if n == len && len < READ_BUF_MAX {
+            self.0.resize(len * 2, 0);
+        } else if len > READ_BUF_MIN && n < len / 8 {
+            self.0 = vec![0; READ_BUF_MIN];
+        }
+    }
+}
 
 /// Decides, per recipient, whether a RCPT goes upstream, and learns what
 /// became of the recipients it accepted. One per session; the limits plug in
@@ -108,8 +131,8 @@ async fn run<C, U>(
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut cbuf = vec![0u8; READ_BUF];
-    let mut ubuf = vec![0u8; READ_BUF];
+    let mut cbuf = ReadBuf::new();
+    let mut ubuf = ReadBuf::new();
     let mut pending: VecDeque<Action> = VecDeque::new();
     // One timer for the whole session, moved only when the deadline changes.
     let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
@@ -231,16 +254,24 @@ async fn run<C, U>(
                 .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
         }
         tokio::select! {
-            r = client.read(&mut cbuf), if session.wants_client_bytes() => {
+            r = client.read(&mut cbuf.0), if session.wants_client_bytes() => {
                 pending.extend(match r {
                     Ok(0) | Err(_) => session.on_client_eof(now()),
-                    Ok(n) => session.on_client_bytes(&cbuf[..n], now()),
+                    Ok(n) => {
+                        let actions = session.on_client_bytes(&cbuf.0[..n], now());
+                        cbuf.fit(n);
+                        actions
+                    }
                 });
             }
-            r = upstream.read(&mut ubuf) => {
+            r = upstream.read(&mut ubuf.0) => {
                 pending.extend(match r {
                     Ok(0) | Err(_) => session.on_upstream_eof(now()),
-                    Ok(n) => session.on_upstream_bytes(&ubuf[..n], now()),
+                    Ok(n) => {
+                        let actions = session.on_upstream_bytes(&ubuf.0[..n], now());
+                        ubuf.fit(n);
+                        actions
+                    }
                 });
             }
             _ = &mut timer => {
@@ -275,5 +306,30 @@ where
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no handshake within {limit:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffers_follow_the_traffic() {
+        let mut b = ReadBuf::new();
+        b.fit(100);
+        assert_eq!(b.0.len(), READ_BUF_MIN, "a command line keeps it small");
+        for _ in 0..10 {
+            let n = b.0.len();
+            b.fit(n);
+        }
+        assert_eq!(b.0.len(), READ_BUF_MAX, "a stream grows it, up to the cap");
+        b.fit(READ_BUF_MAX / 2);
+        assert_eq!(b.0.len(), READ_BUF_MAX, "still streaming");
+        b.fit(200);
+        assert_eq!(
+            b.0.len(),
+            READ_BUF_MIN,
+            "back to small when the stream ends"
+        );
     }
 }
