@@ -37,7 +37,16 @@ impl Redis {
     /// Starts the server on its port and waits until it answers PING (bounded).
     fn run(&mut self) {
         let child = Command::new("/usr/bin/redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -95,7 +104,14 @@ fn node(redis: &Redis, up: &Upstream, failure: &str) -> Node {
          [protect]\nconnections_per_ip = \"off\"\n",
         dir.path().join("state"),
         redis.url()
-    ) + &listener("l", port, "none", None, &up.addr.to_string(), "allow_plaintext_auth = true\n");
+    ) + &listener(
+        "l",
+        port,
+        "none",
+        None,
+        &up.addr.to_string(),
+        "allow_plaintext_auth = true\n",
+    );
     let mut mb = Mailbrake::start(&cfg);
     mb.logged("fleet state in Redis: connected");
     let admin = admin_addr(&mut mb);
@@ -165,7 +181,9 @@ async fn two_processes_enforce_one_limit_exactly() {
     }
     assert_eq!(total, 12, "the fleet let {total} through");
     assert!(
-        deferred.iter().all(|r| r.starts_with("450 4.7.1 Recipient limit reached for auth:alice (12/1h)")),
+        deferred
+            .iter()
+            .all(|r| r.starts_with("450 4.7.1 Recipient limit reached for auth:alice (12/1h)")),
         "{deferred:?}"
     );
     // Another sender has its own 12, on either process.
@@ -173,16 +191,37 @@ async fn two_processes_enforce_one_limit_exactly() {
 
     // An override set through one process's API holds on the other.
     let raise = serde_json::json!({"limit": "20/1h", "reason": "fleet test", "who": "t"});
-    let (code, body) = http(a.admin, "PUT", "/api/senders/auth%3Acarol/override", Some(raise)).await;
+    let (code, body) = http(
+        a.admin,
+        "PUT",
+        "/api/senders/auth%3Acarol/override",
+        Some(raise),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(&send(b.port, "carol", 25).await), 20);
     // So does a lock.
     let lock = serde_json::json!({"reason": "fleet test", "who": "t"});
-    let (code, _) = http(b.admin, "POST", "/api/senders/auth%3Adave/lock", Some(lock.clone())).await;
+    let (code, _) = http(
+        b.admin,
+        "POST",
+        "/api/senders/auth%3Adave/lock",
+        Some(lock.clone()),
+    )
+    .await;
     assert_eq!(code, 200);
     let replies = send(a.port, "dave", 1).await;
-    assert!(replies[0].starts_with("450 4.7.1 Sender auth:dave is locked"), "{replies:?}");
-    let (code, _) = http(a.admin, "POST", "/api/senders/auth%3Adave/unlock", Some(lock)).await;
+    assert!(
+        replies[0].starts_with("450 4.7.1 Sender auth:dave is locked"),
+        "{replies:?}"
+    );
+    let (code, _) = http(
+        a.admin,
+        "POST",
+        "/api/senders/auth%3Adave/unlock",
+        Some(lock),
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(&send(b.port, "dave", 1).await), 1);
 }
@@ -209,7 +248,9 @@ async fn redis_away_fails_open_or_closed_and_recovers() {
     // Fail closed: deferred with a temporary error.
     let replies = send(closed.port, "erin", 2).await;
     assert!(
-        replies.iter().all(|r| r.starts_with("451 4.3.0 Recipient limits are temporarily unavailable")),
+        replies
+            .iter()
+            .all(|r| r.starts_with("451 4.3.0 Recipient limits are temporarily unavailable")),
         "{replies:?}"
     );
 
@@ -222,14 +263,26 @@ async fn redis_away_fails_open_or_closed_and_recovers() {
         if accepted(&replies) == 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never recovered: {replies:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {replies:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(accepted(&send(open.port, "frank", 15).await), 11, "one of 12 already sent");
+    assert_eq!(
+        accepted(&send(open.port, "frank", 15).await),
+        11,
+        "one of 12 already sent"
+    );
 }
 
 /// One HTTP call to an admin API; (status, body).
-async fn http(admin: SocketAddr, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+async fn http(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -242,5 +295,8 @@ async fn http(admin: SocketAddr, method: &str, path: &str, body: Option<serde_js
     let mut raw = String::new();
     s.read_to_string(&mut raw).await.unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
 }

@@ -490,7 +490,11 @@ async fn mailbrake_reload_applies_the_file_and_keeps_counts() {
     // A live session across the reload.
     let mut live = Raw::greeted(r.port).await;
     let cfg = std::fs::read_to_string(&r.mb.config).unwrap();
-    std::fs::write(&r.mb.config, cfg.replace("default = \"3/1h\"", "default = \"5/1h\"")).unwrap();
+    std::fs::write(
+        &r.mb.config,
+        cfg.replace("default = \"3/1h\"", "default = \"5/1h\""),
+    )
+    .unwrap();
     let a = r.admin;
     let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["reload"]));
     assert_eq!(code, 0, "{out}{err}");
