@@ -571,7 +571,27 @@ async fn serve(
         dialled = DialledAddr(*a);
     }
 
-    let vhost = find_vhost(&rt.vhosts, client, dialled, proxied);
+    let transparent = rt.cfg.upstream == UpstreamTarget::OriginalDestination;
+    let owner = if !proxied && (transparent || rt.vhosts.by_uid()) {
+        socket_owner(client, dialled)
+    } else {
+        None
+    };
+    if transparent && owner == Some(nix::unistd::getuid().as_raw()) {
+        // mailbrake's own outgoing connection came back through the REDIRECT.
+        let f = Failure::UpstreamLoop(format!(
+            "a connection from mailbrake's own user (uid {}) was redirected to it; \
+             exclude that user from the REDIRECT rule (config/iptables.sh)",
+            owner.unwrap_or_default()
+        ));
+        metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => rt.cfg.name.clone(), "reason" => "loop")
+            .increment(1);
+        return refuse(stream, &f, &rt.session.hostname).await;
+    }
+    let vhost = rt.vhosts.find(client.0.ip(), owner).map(str::to_owned);
+    if owner.is_some() || vhost.is_some() {
+        tracing::debug!(?owner, ?vhost, "sender lookup");
+    }
     let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
 
     let mut client_leg = Leg::Plain(stream);
@@ -684,30 +704,15 @@ async fn serve(
     );
 }
 
-/// The client's vhost: by the Unix user owning its socket (a local client;
-/// not for one named by a PROXY header), else by its network.
-fn find_vhost(
-    vhosts: &Vhosts,
-    client: ClientAddr,
-    dialled: DialledAddr,
-    proxied: bool,
-) -> Option<String> {
-    let uid = if vhosts.by_uid() && !proxied {
-        match crate::owner::socket_owner(client.0, dialled.0) {
-            Ok(uid) => Some(uid),
-            Err(e) => {
-                tracing::debug!(error = %e, "no local owner for this connection");
-                None
-            }
+/// The Unix user owning the client's end of a local connection.
+fn socket_owner(client: ClientAddr, dialled: DialledAddr) -> Option<u32> {
+    match crate::owner::socket_owner(client.0, dialled.0) {
+        Ok(uid) => Some(uid),
+        Err(e) => {
+            tracing::debug!(error = %e, "no local owner for this connection");
+            None
         }
-    } else {
-        None
-    };
-    let vhost = vhosts.find(client.0.ip(), uid).map(str::to_owned);
-    if uid.is_some() || vhost.is_some() {
-        tracing::debug!(?uid, ?vhost, "vhost lookup");
     }
-    vhost
 }
 
 /// The upstream could not be reached: tell the client and close.

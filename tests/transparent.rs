@@ -125,3 +125,54 @@ async fn redirect_v4_v6_and_v4_mapped_reach_the_original_destination() {
     );
     tokio::task::block_in_place(|| mb.wait_log("loop"));
 }
+
+/// A REDIRECT rule that forgets to exclude mailbrake's own user sends
+/// mailbrake's outgoing connection back into it: that is refused as a loop
+/// (the socket's owner is mailbrake itself), not relayed round and round.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_that_catches_mailbrake_itself_is_refused_as_a_loop() {
+    require_root_and_tools();
+    let ns = Netns::new("mbloop");
+    // No owner match: every connection to 127.0.0.2:25, mailbrake's included.
+    ns.exec(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.2",
+        "--dport",
+        "25",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "10025",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config(dir.path())
+        + "[[listener]]\nname = \"v4\"\nbind = \"127.0.0.1:10025\"\ntls = \"none\"\nupstream = \"original-destination\"\n";
+    let mut mb = Mailbrake::start_with(&ns.prefix(), &cfg);
+    let script = "import socket\ns = socket.create_connection(('127.0.0.2', 25), timeout=20)\nprint(s.recv(512).decode())\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .args(["/usr/bin/python3", "-c", script])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        reply.starts_with("421 4.3.5"),
+        "{reply:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = tokio::task::block_in_place(|| mb.logged("mailbrake's own user"));
+    assert!(line.contains("loop"), "{line}");
+}
