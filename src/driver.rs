@@ -18,7 +18,7 @@ use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Us
 /// Read buffers per leg: small while a session idles (thousands may be
 /// open), grown while data streams (a full read doubles it), shrunk back
 /// when reads come in small again.
-const READ_BUF_MIN: usize = 2 * 1024;
+const READ_BUF_MIN: usize = 1024;
 const READ_BUF_MAX: usize = 64 * 1024;
 
 /// A read buffer that follows the traffic.
@@ -166,8 +166,11 @@ async fn run<C, U>(
                     wrote_client = false;
                     let result = match &env.server_tls {
                         Some(cfg) => {
-                            let r =
-                                handshake(client.accept_tls(cfg.clone()), env.tls_handshake).await;
+                            let r = handshake(
+                                Box::pin(client.accept_tls(cfg.clone())),
+                                env.tls_handshake,
+                            )
+                            .await;
                             crate::metrics::tls_handshake(
                                 "client",
                                 r.as_ref().ok().map(|i| i.version),
@@ -187,7 +190,7 @@ async fn run<C, U>(
                     let result = match &env.upstream_tls {
                         Some((cfg, name)) => {
                             let r = handshake(
-                                upstream.connect_tls(cfg.clone(), name.clone()),
+                                Box::pin(upstream.connect_tls(cfg.clone(), name.clone())),
                                 env.tls_handshake,
                             )
                             .await;

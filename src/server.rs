@@ -599,7 +599,8 @@ async fn serve(
         let Some(cfg) = rt.server_tls.clone() else {
             return;
         };
-        let shake = tokio::time::timeout(rt.tls_handshake, client_leg.accept_tls(cfg)).await;
+        let shake =
+            tokio::time::timeout(rt.tls_handshake, Box::pin(client_leg.accept_tls(cfg))).await;
         m::tls_handshake(
             "client",
             shake
@@ -660,7 +661,8 @@ async fn serve(
         let Some((cfg, name)) = env.upstream_tls.clone() else {
             return;
         };
-        let shake = tokio::time::timeout(rt.tls_handshake, up_leg.connect_tls(cfg, name)).await;
+        let shake =
+            tokio::time::timeout(rt.tls_handshake, Box::pin(up_leg.connect_tls(cfg, name))).await;
         m::tls_handshake(
             "upstream",
             shake

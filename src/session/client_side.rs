@@ -22,6 +22,7 @@ impl Session {
             let used = match &mut self.phase {
                 Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
                     Line::Whole(line) => {
+                        self.last_client_activity = now;
                         let used = line.len();
                         self.bytes_after_line = rest.len() - used;
                         if matches!(self.phase, Phase::AuthResponse) {
@@ -32,6 +33,7 @@ impl Session {
                         used
                     }
                     Line::TooLong(used) => {
+                        self.last_client_activity = now;
                         tracing::info!("client line too long");
                         if matches!(self.phase, Phase::AuthResponse) {
                             // The upstream waits for a SASL response: cancel

@@ -312,7 +312,15 @@ impl Session {
 
     /// Bytes from the client.
     pub fn on_client_bytes(&mut self, bytes: &[u8], now: Instant) -> Vec<Action> {
-        self.last_client_activity = now;
+        // A body counts as activity byte by byte (RFC 5321 4.5.3.2.5 times
+        // each data block); a command only once whole, so that a client
+        // trickling one byte at a time cannot hold a session forever.
+        if matches!(
+            self.phase,
+            Phase::Data(_) | Phase::DiscardData(_) | Phase::Bdat { .. }
+        ) {
+            self.last_client_activity = now;
+        }
         if self.inbuf.is_empty() {
             let used = self.process_client(bytes, now);
             self.keep_unprocessed(&bytes[used..]);

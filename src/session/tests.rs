@@ -399,6 +399,41 @@ fn timeouts_for_idle_client_and_slow_upstream() {
 }
 
 #[test]
+fn a_command_trickled_byte_by_byte_still_times_out() {
+    let mut t = session();
+    t.greet();
+    let limit = Timeouts::default().client_command;
+    let step = Duration::from_secs(10);
+    let mut waited = Duration::ZERO;
+    for b in
+        b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP"
+            .iter()
+            .cycle()
+    {
+        t.client(&[*b]);
+        t.advance(step);
+        waited += step;
+        if t.closed {
+            break;
+        }
+        assert!(waited <= limit, "still open after {waited:?}");
+    }
+    assert!(
+        t.client_got()
+            .ends_with("421 4.4.2 mb.test Error: timeout exceeded\r\n")
+    );
+    // A body, though, may arrive slowly: each chunk restarts the clock.
+    let mut t = session();
+    t.greet();
+    t.open_data();
+    for _ in 0..100 {
+        t.client(b"x");
+        t.advance(Duration::from_secs(60));
+    }
+    assert!(!t.closed, "a slow but steady body is not a timeout");
+}
+
+#[test]
 fn overlong_lines_get_500_and_the_session_goes_on() {
     let mut t = session();
     t.greet();

@@ -456,3 +456,168 @@ pub fn admin_addr(mb: &mut Mailbrake) -> SocketAddr {
         .unwrap();
     bind.parse().unwrap()
 }
+
+// === a client that may fail ===
+
+/// An SMTP client for load, fault and incident tests: every step returns an
+/// error instead of panicking (the server may close at any point), reads go
+/// through a small buffer, and it can connect from a chosen local address.
+pub struct Client {
+    read: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to `addr` and reads the greeting, which is returned.
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<(Client, String)> {
+        Client::from_stream(TcpStream::connect(addr).await?).await
+    }
+
+    /// Connects to `addr` from `local` (any port), e.g. 127.0.0.2 to be
+    /// another loopback client, and reads the greeting.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> std::io::Result<(Client, String)> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        Client::from_stream(socket.connect(addr).await?).await
+    }
+
+    async fn from_stream(s: TcpStream) -> std::io::Result<(Client, String)> {
+        s.set_nodelay(true)?;
+        let (r, w) = s.into_split();
+        let mut c = Client {
+            read: tokio::io::BufReader::new(r),
+            write: w,
+        };
+        let greeting = c.reply().await?;
+        Ok((c, greeting))
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(bytes).await
+    }
+
+    /// The next whole reply; `UnexpectedEof` when the server has closed,
+    /// `TimedOut` after 20 s of silence.
+    pub async fn reply(&mut self) -> std::io::Result<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut reply = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.read.read_line(&mut line))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            reply.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(reply);
+            }
+        }
+    }
+
+    /// Sends `line` with CRLF; the reply.
+    pub async fn cmd(&mut self, line: &str) -> std::io::Result<String> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+
+    /// `AUTH PLAIN` as `user`; the reply.
+    pub async fn auth_plain(&mut self, user: &str, password: &str) -> std::io::Result<String> {
+        use base64::Engine;
+        let blob =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.cmd(&format!("AUTH PLAIN {blob}")).await
+    }
+
+    /// Everything the server still sends until it closes (bounded by
+    /// [`Client::reply`]'s timeout per reply).
+    pub async fn rest(&mut self) -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            match self.reply().await {
+                Ok(r) => all.push_str(&r),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(all),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(all),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Vanishes: with `reset`, an RST (SO_LINGER 0); otherwise a FIN.
+    pub fn vanish(self, reset: bool) {
+        let stream = self.read.into_inner().reunite(self.write).unwrap();
+        if reset {
+            let _ = stream.set_zero_linger();
+        }
+        drop(stream);
+    }
+}
+
+/// The three-digit code of a reply (0 if it has none).
+pub fn code(reply: &str) -> u16 {
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// What became of one transaction sent by [`Client::transaction`].
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub mail: String,
+    /// One reply per recipient, in order.
+    pub rcpts: Vec<String>,
+    pub data: String,
+    /// The reply to the end of data, when DATA got `354`.
+    pub end: Option<String>,
+}
+
+impl Transaction {
+    /// How many recipients got `250`.
+    pub fn accepted(&self) -> usize {
+        self.rcpts.iter().filter(|r| r.starts_with("250")).count()
+    }
+
+    /// Whether the message was queued (`250` at the end of data).
+    pub fn delivered(&self) -> bool {
+        self.end.as_deref().is_some_and(|r| r.starts_with("250"))
+    }
+}
+
+impl Client {
+    /// One transaction as a pipelining client sends it (RFC 2920): MAIL,
+    /// every RCPT and DATA in one write; then, after `354`, `body` (already
+    /// dot-stuffed, without the final dot) and `.`.
+    pub async fn transaction(
+        &mut self,
+        from: &str,
+        rcpts: &[String],
+        body: &str,
+    ) -> std::io::Result<Transaction> {
+        let mut batch = format!("MAIL FROM:<{from}>\r\n");
+        for r in rcpts {
+            batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        batch.push_str("DATA\r\n");
+        self.send(batch.as_bytes()).await?;
+        let mail = self.reply().await?;
+        let mut replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            replies.push(self.reply().await?);
+        }
+        let data = self.reply().await?;
+        let end = if data.starts_with("354") {
+            self.send(format!("{body}\r\n.\r\n").as_bytes()).await?;
+            Some(self.reply().await?)
+        } else {
+            None
+        };
+        Ok(Transaction {
+            mail,
+            rcpts: replies,
+            data,
+            end,
+        })
+    }
+}

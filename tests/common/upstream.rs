@@ -35,6 +35,15 @@ pub struct Opts {
     /// Refuse (554, nothing stored) at the end of data any message whose
     /// body contains this text.
     pub refuse_data_containing: Option<&'static str>,
+    /// Greet with this line (no CRLF) instead of `220`. After a `421`
+    /// greeting the connection closes; after any other non-2xx greeting
+    /// every command but QUIT gets `503` (RFC 5321 section 3.1).
+    pub greeting: Option<&'static str>,
+    /// Accept the connection but never greet: read until the other side closes.
+    pub silent: bool,
+    /// Inside DATA, close the connection without a word once at least this
+    /// many body bytes have arrived (nothing stored).
+    pub hang_up_after_body_bytes: Option<usize>,
 }
 
 /// One delivered message.
@@ -214,7 +223,18 @@ impl Conn {
         if let Some(cfg) = self.opts.implicit_tls.clone() {
             self.tls(cfg).await?;
         }
-        self.send("220 upstream.test ESMTP recorder\r\n").await?;
+        if self.opts.silent {
+            while self.read_more().await? {}
+            return Ok(());
+        }
+        if let Some(greeting) = self.opts.greeting {
+            self.send(&format!("{greeting}\r\n")).await?;
+            if !greeting.starts_with('2') {
+                return self.refuse_session(greeting.starts_with("421")).await;
+            }
+        } else {
+            self.send("220 upstream.test ESMTP recorder\r\n").await?;
+        }
         let mut from = String::new();
         let mut rcpts = Vec::new();
         let mut bdat = Vec::new();
@@ -292,6 +312,13 @@ impl Conn {
                         break;
                     }
                     wire.extend_from_slice(&l);
+                    if self
+                        .opts
+                        .hang_up_after_body_bytes
+                        .is_some_and(|n| wire.len() >= n)
+                    {
+                        return Ok(()); // dies mid-message: nothing stored
+                    }
                 }
                 if let Some(marker) = self.opts.refuse_data_containing
                     && String::from_utf8_lossy(&wire).contains(marker)
@@ -330,6 +357,21 @@ impl Conn {
                 self.send("502 5.5.2 Error: command not recognized\r\n")
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// After a refusing greeting: close at once (`421`), or answer `503`
+    /// to everything but QUIT until the client leaves.
+    async fn refuse_session(&mut self, close: bool) -> std::io::Result<()> {
+        if close {
+            return Ok(());
+        }
+        while let Some(line) = self.line().await? {
+            if line.to_ascii_uppercase().starts_with(b"QUIT") {
+                return self.send("221 2.0.0 Bye\r\n").await;
+            }
+            self.send("503 5.5.1 Error: no service\r\n").await?;
         }
         Ok(())
     }
