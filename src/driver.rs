@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use metrics::{counter, histogram};
-
 use crate::leg::Leg;
 use crate::metrics as m;
 use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
@@ -81,8 +79,8 @@ pub struct DriverEnv {
     pub write_timeout: Duration,
     /// Cancelled when mailbrake stops waiting for sessions to finish.
     pub stop: CancellationToken,
-    /// The listener's name, for metrics labels.
-    pub listener: Arc<str>,
+    /// The listener's metric handles.
+    pub metrics: Arc<m::ListenerMetrics>,
 }
 
 /// The clock seam: the only clock read on a session's path.
@@ -112,11 +110,8 @@ pub async fn drive<C, U>(
         &mut to_upstream,
     )
     .await;
-    let l = env.listener.clone();
-    counter!(m::RELAYED_BYTES, "listener" => l.clone(), "direction" => "upstream_to_client")
-        .increment(to_client);
-    counter!(m::RELAYED_BYTES, "listener" => l, "direction" => "client_to_upstream")
-        .increment(to_upstream);
+    env.metrics.bytes_to_client.increment(to_client);
+    env.metrics.bytes_to_upstream.increment(to_upstream);
 }
 
 async fn run<C, U>(
@@ -213,10 +208,13 @@ async fn run<C, U>(
                         message: Some(info),
                     } = event
                     {
-                        let result = if delivered { "accepted" } else { "refused" };
-                        counter!(m::MESSAGES, "listener" => env.listener.clone(), "result" => result)
-                            .increment(1);
-                        histogram!(m::END_OF_DATA_SECONDS, "listener" => env.listener.clone())
+                        let metrics = &env.metrics;
+                        match delivered {
+                            true => metrics.messages_accepted.increment(1),
+                            false => metrics.messages_refused.increment(1),
+                        }
+                        metrics
+                            .end_of_data_seconds
                             .record(info.waited.as_secs_f64());
                     }
                     policy.on_tx(event);

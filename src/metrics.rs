@@ -234,3 +234,78 @@ pub fn tls_handshake(leg: &'static str, version: Option<&'static str>) {
     metrics::counter!(TLS_HANDSHAKES, "leg" => leg, "result" => result, "version" => version)
         .increment(1);
 }
+
+/// One listener's metric handles, looked up once (a labelled lookup on
+/// every session and message would cost more than the counting).
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub accepted: metrics::Counter,
+    pub refused_max_sessions: metrics::Counter,
+    pub refused_connection_rate: metrics::Counter,
+    pub messages_accepted: metrics::Counter,
+    pub messages_refused: metrics::Counter,
+    pub bytes_to_upstream: metrics::Counter,
+    pub bytes_to_client: metrics::Counter,
+    pub upstream_unreachable: metrics::Counter,
+    pub upstream_loop: metrics::Counter,
+    pub upstream_tls: metrics::Counter,
+    pub connect_seconds: metrics::Histogram,
+    pub end_of_data_seconds: metrics::Histogram,
+    pub session_seconds: metrics::Histogram,
+}
+
+impl ListenerMetrics {
+    /// Handles for `listener` (call after [`install`]).
+    pub fn new(listener: &str) -> Self {
+        use metrics::{counter, histogram};
+        let l = listener.to_owned();
+        ListenerMetrics {
+            accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
+            refused_max_sessions: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "max_sessions"),
+            refused_connection_rate: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "connection_rate"),
+            messages_accepted: counter!(MESSAGES, "listener" => l.clone(), "result" => "accepted"),
+            messages_refused: counter!(MESSAGES, "listener" => l.clone(), "result" => "refused"),
+            bytes_to_upstream: counter!(RELAYED_BYTES, "listener" => l.clone(), "direction" => "client_to_upstream"),
+            bytes_to_client: counter!(RELAYED_BYTES, "listener" => l.clone(), "direction" => "upstream_to_client"),
+            upstream_unreachable: counter!(UPSTREAM_CONNECT_FAILURES, "listener" => l.clone(), "reason" => "unreachable"),
+            upstream_loop: counter!(UPSTREAM_CONNECT_FAILURES, "listener" => l.clone(), "reason" => "loop"),
+            upstream_tls: counter!(UPSTREAM_CONNECT_FAILURES, "listener" => l.clone(), "reason" => "tls"),
+            connect_seconds: histogram!(UPSTREAM_CONNECT_SECONDS, "listener" => l.clone()),
+            end_of_data_seconds: histogram!(END_OF_DATA_SECONDS, "listener" => l.clone()),
+            session_seconds: histogram!(SESSION_DURATION, "listener" => l),
+        }
+    }
+}
+
+/// `mailbrake_recipients_total{class, outcome}` and
+/// `mailbrake_limit_decisions_total{result}`, counted together, with handles
+/// looked up once per process.
+pub fn count_recipient(class: &str, outcome: &'static str, decision: &'static str) {
+    use std::sync::OnceLock;
+    static RCPT: OnceLock<Vec<((&'static str, &'static str), metrics::Counter)>> = OnceLock::new();
+    static DECISION: OnceLock<Vec<(&'static str, metrics::Counter)>> = OnceLock::new();
+    let rcpt = RCPT.get_or_init(|| {
+        KEY_CLASSES
+            .iter()
+            .flat_map(|c| RCPT_OUTCOMES.iter().map(move |o| (*c, *o)))
+            .map(|(c, o)| {
+                (
+                    (c, o),
+                    metrics::counter!(RECIPIENTS, "class" => c, "outcome" => o),
+                )
+            })
+            .collect()
+    });
+    let decisions = DECISION.get_or_init(|| {
+        DECISIONS
+            .iter()
+            .map(|d| (*d, metrics::counter!(LIMIT_DECISIONS, "result" => *d)))
+            .collect()
+    });
+    if let Some((_, c)) = rcpt.iter().find(|((c, o), _)| *c == class && *o == outcome) {
+        c.increment(1);
+    }
+    if let Some((_, c)) = decisions.iter().find(|(d, _)| *d == decision) {
+        c.increment(1);
+    }
+}

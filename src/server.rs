@@ -42,6 +42,7 @@ pub struct ListenerRuntime {
     pub vhosts: Arc<Vhosts>,
     /// Sessions in progress (kept across reloads, read by the metrics).
     pub active: Arc<AtomicI64>,
+    pub metrics: Arc<m::ListenerMetrics>,
 }
 
 impl ListenerRuntime {
@@ -81,6 +82,7 @@ impl ListenerRuntime {
             binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
             vhosts: Arc::new(Vhosts::new(&config.vhosts)),
             active: Arc::new(AtomicI64::new(0)),
+            metrics: Arc::new(m::ListenerMetrics::new(&l.name)),
         })
     }
 }
@@ -116,6 +118,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // The recorder first: listeners take their metric handles from it.
+    let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    let handle = crate::metrics::install(&names).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let runtimes = build_all(&config).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
     let accepting = CancellationToken::new();
     let stop = CancellationToken::new();
@@ -145,8 +150,6 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .map(|f| FleetLink::start(f, limiter.policy().longest));
     let keeper = crate::state::start(limiter.clone(), &config.state.dir)
         .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
-    let names: Vec<String> = runtimes.iter().map(|rt| rt.cfg.name.clone()).collect();
-    let handle = crate::metrics::install(&names).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(crate::admin::AdminState {
         handle,
@@ -410,12 +413,8 @@ async fn accept_loop(
         };
         let rt = rx.borrow().clone();
         let protect = current(&services.protect);
-        let refused = |reason: &'static str| {
-            metrics::counter!(m::CONNECTIONS_REFUSED, "listener" => rt.cfg.name.clone(), "reason" => reason)
-                .increment(1);
-        };
         if !protect.allow_connection(peer.ip()) {
-            refused("connection_rate");
+            rt.metrics.refused_connection_rate.increment(1);
             let host = rt.session.hostname.clone();
             let span = tracing::info_span!("session", listener = %rt.cfg.name, client = %peer);
             tokio::spawn(
@@ -426,10 +425,9 @@ async fn accept_loop(
         }
         let permit = rt.sessions.clone().try_acquire_owned().ok();
         if permit.is_none() {
-            refused("max_sessions");
+            rt.metrics.refused_max_sessions.increment(1);
         } else {
-            metrics::counter!(m::CONNECTIONS_ACCEPTED, "listener" => rt.cfg.name.clone())
-                .increment(1);
+            rt.metrics.accepted.increment(1);
         }
         let span = tracing::info_span!(
             "session",
@@ -446,7 +444,7 @@ async fn accept_loop(
             tls_handshake: rt.tls_handshake,
             write_timeout: rt.session.timeouts.client_command,
             stop: stop.clone(),
-            listener: rt.cfg.name.as_str().into(),
+            metrics: rt.metrics.clone(),
         };
         tracker.spawn(
             async move {
@@ -459,12 +457,12 @@ async fn accept_loop(
                     }
                 };
                 let started = tokio::time::Instant::now();
-                let name = rt.cfg.name.clone();
-                let active = rt.active.clone();
+                let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
                 active.fetch_add(1, Ordering::Relaxed);
                 serve(stream, peer, rt, env, limiter, protect, fleet).await;
                 active.fetch_sub(1, Ordering::Relaxed);
-                metrics::histogram!(m::SESSION_DURATION, "listener" => name)
+                metrics
+                    .session_seconds
                     .record(started.elapsed().as_secs_f64());
             }
             .instrument(span),
@@ -560,8 +558,7 @@ async fn serve(
     let dest = match upstream::destination(&rt.cfg.upstream, &stream, peer) {
         Ok(d) => d,
         Err(f) => {
-            metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => rt.cfg.name.clone(), "reason" => "unreachable")
-                .increment(1);
+            rt.metrics.upstream_unreachable.increment(1);
             return refuse(stream, &f, &rt.session.hostname).await;
         }
     };
@@ -584,8 +581,7 @@ async fn serve(
              exclude that user from the REDIRECT rule (config/iptables.sh)",
             owner.unwrap_or_default()
         ));
-        metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => rt.cfg.name.clone(), "reason" => "loop")
-            .increment(1);
+        rt.metrics.upstream_loop.increment(1);
         return refuse(stream, &f, &rt.session.hostname).await;
     }
     let vhost = rt.vhosts.find(client.0.ip(), owner).map(str::to_owned);
@@ -621,7 +617,6 @@ async fn serve(
     tracing::info!(upstream = %dest, client = %client.0, "session start");
 
     let host = rt.session.hostname.clone();
-    let listener = rt.cfg.name.as_str();
     let tls_name = match &rt.client_tls {
         None => None,
         Some(cfg) => {
@@ -637,7 +632,7 @@ async fn serve(
                 Ok(n) => Some((cfg.clone(), n)),
                 Err(e) => {
                     let f = Failure::UpstreamTls(e.to_string());
-                    return finish_early(client_leg, &f, &host, listener).await;
+                    return finish_early(client_leg, &f, &host, &rt.metrics).await;
                 }
             }
         }
@@ -647,14 +642,15 @@ async fn serve(
     let dialling = tokio::time::Instant::now();
     let mut up = match upstream::connect(&dest, local, &rt.binds, rt.connect_timeout).await {
         Ok(s) => s,
-        Err(f) => return finish_early(client_leg, &f, &host, listener).await,
+        Err(f) => return finish_early(client_leg, &f, &host, &rt.metrics).await,
     };
-    metrics::histogram!(m::UPSTREAM_CONNECT_SECONDS, "listener" => listener.to_owned())
+    rt.metrics
+        .connect_seconds
         .record(dialling.elapsed().as_secs_f64());
     if let Some(version) = rt.cfg.upstream_proxy_protocol
         && let Err(f) = upstream::send_proxy_header(&mut up, version, client, dialled).await
     {
-        return finish_early(client_leg, &f, &host, listener).await;
+        return finish_early(client_leg, &f, &host, &rt.metrics).await;
     }
     let mut up_leg = Leg::Plain(up);
     if rt.cfg.upstream_tls == UpstreamTls::Implicit {
@@ -675,11 +671,11 @@ async fn serve(
             Ok(Ok(info)) => tracing::info!(version = info.version, "upstream TLS established"),
             Ok(Err(e)) => {
                 let f = Failure::UpstreamTls(e.to_string());
-                return finish_early(client_leg, &f, &host, listener).await;
+                return finish_early(client_leg, &f, &host, &rt.metrics).await;
             }
             Err(_) => {
                 let f = Failure::UpstreamTls("handshake timed out".into());
-                return finish_early(client_leg, &f, &host, listener).await;
+                return finish_early(client_leg, &f, &host, &rt.metrics).await;
             }
         }
     }
@@ -718,15 +714,18 @@ fn socket_owner(client: ClientAddr, dialled: DialledAddr) -> Option<u32> {
 }
 
 /// The upstream could not be reached: tell the client and close.
-async fn finish_early(mut client: Leg<TcpStream>, failure: &Failure, host: &str, listener: &str) {
+async fn finish_early(
+    mut client: Leg<TcpStream>,
+    failure: &Failure,
+    host: &str,
+    metrics: &m::ListenerMetrics,
+) {
     tracing::warn!(fault = %failure.fault(), "{failure}");
-    let reason = match failure {
-        Failure::UpstreamLoop(_) => "loop",
-        Failure::UpstreamTls(_) | Failure::UpstreamNoStartTls => "tls",
-        _ => "unreachable",
-    };
-    metrics::counter!(m::UPSTREAM_CONNECT_FAILURES, "listener" => listener.to_owned(), "reason" => reason)
-        .increment(1);
+    match failure {
+        Failure::UpstreamLoop(_) => metrics.upstream_loop.increment(1),
+        Failure::UpstreamTls(_) | Failure::UpstreamNoStartTls => metrics.upstream_tls.increment(1),
+        _ => metrics.upstream_unreachable.increment(1),
+    }
     if let Some(reply) = failure.reply(host) {
         let _ = client.write_all(&reply).await;
         let _ = client.flush().await;

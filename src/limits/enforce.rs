@@ -100,8 +100,7 @@ impl Enforcer {
         };
         let class = key.class().as_str();
         let count = |outcome: &'static str, decision: &'static str| {
-            counter!(m::RECIPIENTS, "class" => class, "outcome" => outcome).increment(1);
-            counter!(m::LIMIT_DECISIONS, "result" => decision).increment(1);
+            m::count_recipient(class, outcome, decision);
         };
         let policy = self.limiter.policy();
         let observe = policy.action == LimitAction::Observe;
@@ -189,8 +188,7 @@ impl Enforcer {
             .then_some(check.mail_from.as_str());
         let class = key.class().as_str();
         let count = |outcome: &'static str, decision: &'static str| {
-            counter!(m::RECIPIENTS, "class" => class, "outcome" => outcome).increment(1);
-            counter!(m::LIMIT_DECISIONS, "result" => decision).increment(1);
+            m::count_recipient(class, outcome, decision);
         };
         match self.limiter.check(&key, self.identity.ip, mail_from) {
             Decision::Accept(r) => {
