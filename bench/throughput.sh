@@ -83,6 +83,11 @@ max_sessions = 4000
 EOF
 MAILBRAKE_LOG=${MAILBRAKE_LOG:-info} "$bin" run -c "$work/mailbrake.toml" 2>"$work/mailbrake.log" &
 pids+=($!)
+MB_PID=$!
+HAPROXY_PID=$(cat "$work/haproxy.pid")
+
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 # Wait until all three answer (bounded).
 for p in "$SINK" "$HAPROXY" "$MB"; do
@@ -102,11 +107,11 @@ args_for() {
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-echo "| workload | direct (s) | haproxy (s) | mailbrake (s) | mailbrake/haproxy throughput | mailbrake/direct throughput |"
-echo "|---|--:|--:|--:|--:|--:|"
+echo "| workload | direct (s) | haproxy (s) | mailbrake (s) | mailbrake/haproxy throughput | mailbrake/direct throughput | CPU s haproxy | CPU s mailbrake |"
+echo "|---|--:|--:|--:|--:|--:|--:|--:|"
 for w in $WORKLOADS; do
     args=$(args_for "$w")
-    : >"$work/direct" ; : >"$work/haproxy" ; : >"$work/mailbrake"
+    : >"$work/direct" ; : >"$work/haproxy" ; : >"$work/mailbrake" ; : >"$work/cpu-haproxy" ; : >"$work/cpu-mailbrake"
     for _ in $(seq 1 "$ROUNDS"); do
         for target in direct haproxy mailbrake; do
             case $target in
@@ -114,16 +119,22 @@ for w in $WORKLOADS; do
                 haproxy) p=$HAPROXY ;;
                 mailbrake) p=$MB ;;
             esac
+            c0h=$(cpu "$HAPROXY_PID"); c0m=$(cpu "$MB_PID")
             start=$(date +%s.%N)
             # shellcheck disable=SC2086
             smtp-source $args -f bench@example.com -t sink@example.net 127.0.0.1:"$p"
             end=$(date +%s.%N)
             echo "$end - $start" | bc >>"$work/$target"
+            case $target in
+                haproxy) echo "$(cpu "$HAPROXY_PID") - $c0h" | bc >>"$work/cpu-haproxy" ;;
+                mailbrake) echo "$(cpu "$MB_PID") - $c0m" | bc >>"$work/cpu-mailbrake" ;;
+            esac
         done
     done
     d=$(median <"$work/direct"); h=$(median <"$work/haproxy"); m=$(median <"$work/mailbrake")
-    printf '| %s (`smtp-source %s`) | %.2f | %.2f | %.2f | %.2f | %.2f |\n' \
-        "$w" "$args" "$d" "$h" "$m" "$(echo "$h / $m" | bc -l)" "$(echo "$d / $m" | bc -l)"
+    ch=$(median <"$work/cpu-haproxy"); cm=$(median <"$work/cpu-mailbrake")
+    printf '| %s (`smtp-source %s`) | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n' \
+        "$w" "$args" "$d" "$h" "$m" "$(echo "$h / $m" | bc -l)" "$(echo "$d / $m" | bc -l)" "$ch" "$cm"
 done
 echo
 echo "$ROUNDS alternating rounds per workload, medians of wall time; throughput ratio > 1 means mailbrake is faster."

@@ -75,7 +75,17 @@ impl DataScanner {
 
     /// Scans `input`. See [`Scan`] for what to forward.
     pub fn scan(&mut self, input: &[u8]) -> Scan {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::InLine {
+                // Inside a line only a CR or LF can matter: jump to the next
+                // one (memchr searches many bytes at a time).
+                match memchr::memchr2(b'\r', b'\n', &input[i..]) {
+                    Some(skip) => i += skip,
+                    None => break,
+                }
+            }
+            let b = input[i];
             let mut state = self.state;
             if state == State::Cr && b != b'\n' {
                 // The CR was bare: for a lenient reader it ended a line.
@@ -96,6 +106,7 @@ impl DataScanner {
                 (_, b'\n') => State::BareLineStart,
                 _ => State::InLine,
             };
+            i += 1;
         }
         if self.state == State::DotCr && !input.is_empty() {
             // Hold the CR of `CRLF . CR`: it was the last byte of this input.
