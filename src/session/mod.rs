@@ -16,7 +16,7 @@
 
 mod auth;
 mod client_side;
-mod data;
+pub mod data;
 mod ehlo;
 pub mod replies;
 mod reply;
