@@ -118,6 +118,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    raise_open_files(&config);
     // The recorder first: listeners take their metric handles from it.
     let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let handle = crate::metrics::install(&names).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
@@ -275,6 +276,39 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     keeper.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the open-file limit to its hard maximum (each session holds two
+/// descriptors), and says so when even that is below what `max_sessions`
+/// allows.
+fn raise_open_files(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let needed: u64 = config
+        .listeners
+        .iter()
+        .map(|l| 2 * l.max_sessions.get() as u64)
+        .sum::<u64>()
+        + 256;
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard
+                && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+            {
+                tracing::warn!(soft, hard, "cannot raise the open-file limit: {e}");
+            }
+            let now = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(s, _)| s);
+            if now < needed {
+                tracing::warn!(
+                    open_files = now,
+                    needed,
+                    "the open-file limit is below what max_sessions allows; raise it (LimitNOFILE in the systemd unit)"
+                );
+            } else {
+                tracing::info!(open_files = now, "open-file limit");
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
 }
 
 /// The admin API's token: `MAILBRAKE_ADMIN_TOKEN`, else `[admin] token_file`.
