@@ -198,6 +198,28 @@ fn body(raw: Option<Json<Change>>) -> Change {
     raw.map(|Json(c)| c).unwrap_or_default()
 }
 
+/// A change to one sender: its key from the path, who and why from the
+/// body (a reason is required).
+struct SenderChange(SenderKey, Change);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for SenderChange {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let (mut parts, body_bytes) = req.into_parts();
+        let Path(key) = <Path<String> as axum::extract::FromRequestParts<S>>::from_request_parts(
+            &mut parts, state,
+        )
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+        let req = axum::extract::Request::from_parts(parts, body_bytes);
+        let raw = <Option<Json<Change>> as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(SenderChange(parse_key(&key)?, body(raw).checked()?))
+    }
+}
+
 async fn status(State(api): State<Arc<Api>>) -> ApiResult {
     let (hot, locked) = api.limiter.survey(1.1, 0);
     drop(hot);
@@ -352,13 +374,7 @@ fn current_limit_text(api: &Api, key: &SenderKey) -> String {
     }
 }
 
-async fn raise(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn raise(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     let text = c
         .limit
         .clone()
@@ -367,23 +383,11 @@ async fn raise(
     set_override(&api, &key, limit, false, &c).await
 }
 
-async fn exempt(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn exempt(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     set_override(&api, &key, Limit::Unlimited, true, &c).await
 }
 
-async fn clear(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn clear(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     let Some(current) = api.limiter.override_of(&key) else {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -429,13 +433,7 @@ fn record(api: &Api, entry: AuditEntry) -> Result<(), ApiError> {
         .map_err(internal)
 }
 
-async fn lock(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn lock(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     let now = api.limiter.now();
     let until = c.until(now)?;
     record(
@@ -467,13 +465,7 @@ async fn lock(
     ))
 }
 
-async fn unlock(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn unlock(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     let locked_here = api.limiter.status(&key, None).lock.is_some();
     let locked_in_fleet = match &api.fleet {
         Some(fleet) => fleet.unlock(&key.to_string()).await.map_err(fleet_down)?,
@@ -502,13 +494,7 @@ async fn unlock(
     Ok(Json(json!({"key": key.to_string()})))
 }
 
-async fn reset(
-    State(api): State<Arc<Api>>,
-    Path(key): Path<String>,
-    raw: Option<Json<Change>>,
-) -> ApiResult {
-    let key = parse_key(&key)?;
-    let c = body(raw).checked()?;
+async fn reset(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) -> ApiResult {
     let before = api.limiter.status(&key, None);
     record(
         &api,
