@@ -493,13 +493,17 @@ async fn kill_9_under_load_keeps_counts_flushed_before_it() {
     mb.child.kill().unwrap();
     mb.child.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
+    let mut cut = 0;
     for l in loaders {
-        let cut = tokio::time::timeout(Duration::from_secs(20), l)
+        let was_cut = tokio::time::timeout(Duration::from_secs(20), l)
             .await
             .expect("a load client hangs after the kill")
             .unwrap();
-        assert!(cut, "a load client was not running when the kill came");
+        cut += usize::from(was_cut);
     }
+    // A client between two messages may see the stop flag before it tries
+    // again, so not every one is cut; the load was running if any was.
+    assert!(cut > 0, "no load client was running when the kill came");
 
     // Restarted on the same state: exactly 70 more for the user.
     let port = free_port();
