@@ -102,17 +102,8 @@ s.sendmail(sender, ['rcpt@remote.test'], ('Subject: ' + sender + '\r\n\r\nhello\
 s.quit()
 print('SENT')
 ";
-        let id = uid.to_string();
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args([
-                "setpriv",
-                &format!("--reuid={id}"),
-                &format!("--regid={id}"),
-                "--clear-groups",
-            ])
-            .args(["/usr/bin/python3", "-c", script, host, &port.to_string()])
-            .args([from, login])
+        let out = self
+            .python_as(uid, script, &[host, &port.to_string(), from, login])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 
 use common::netns::{Netns, require_root_and};
 use common::*;
@@ -20,15 +19,8 @@ impl Netns {
 s = smtplib.SMTP(sys.argv[1], 25, timeout=20)\n\
 s.sendmail('site@hosting.test', ['rcpt@remote.test'], ('Subject: ' + sys.argv[2] + '\\r\\n\\r\\nhello\\r\\n').encode())\n\
 s.quit()\n";
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args([
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-            ])
-            .args(["/usr/bin/python3", "-c", script, host, tag])
+        let out = self
+            .python_as(65534, script, &[host, tag])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -106,17 +98,7 @@ async fn redirect_v4_v6_and_v4_mapped_reach_the_original_destination() {
     // A client that reaches mailbrake's port directly has no other destination:
     // dialling it would loop, and mailbrake refuses with a clear error.
     let script = "import socket\ns = socket.create_connection(('127.0.0.1', 10025), timeout=20)\nprint(s.recv(512).decode())\n";
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
-        .args(["/usr/bin/python3", "-c", script])
-        .output()
-        .unwrap();
+    let out = ns.python_as(65534, script, &[]).output().unwrap();
     let reply = String::from_utf8_lossy(&out.stdout);
     assert!(
         reply.starts_with("421 4.3.5"),
@@ -156,17 +138,7 @@ async fn a_rule_that_catches_mailbrake_itself_is_refused_as_a_loop() {
         + "[[listener]]\nname = \"v4\"\nbind = \"127.0.0.1:10025\"\ntls = \"none\"\nupstream = \"original-destination\"\n";
     let mut mb = Mailbrake::start_with(&ns.prefix(), &cfg);
     let script = "import socket\ns = socket.create_connection(('127.0.0.2', 25), timeout=20)\nprint(s.recv(512).decode())\n";
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .args([
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-        ])
-        .args(["/usr/bin/python3", "-c", script])
-        .output()
-        .unwrap();
+    let out = ns.python_as(65534, script, &[]).output().unwrap();
     let reply = String::from_utf8_lossy(&out.stdout);
     assert!(
         reply.starts_with("421 4.3.5"),

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::netns::{Netns, require_root_and};
 use common::*;
@@ -37,16 +37,7 @@ for rcpt, (code, text) in sorted(refused.items()):
     print('REFUSED %s %d %s' % (rcpt, code, text.decode()))
 print('SENT')
 ";
-        let id = uid.to_string();
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args([
-                "setpriv",
-                &format!("--reuid={id}"),
-                &format!("--regid={id}"),
-                "--clear-groups",
-            ])
-            .args(["/usr/bin/python3", "-c", script, host, tag])
+        self.python_as(uid, script, &[host, tag])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,18 @@ pub struct Netns {
 }
 
 impl Netns {
+    /// Debian's python running `script` (with `args`) as `uid`, inside the
+    /// namespace: a hosting customer's process.
+    pub fn python_as(&self, uid: u32, script: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, "setpriv"])
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .args(["--clear-groups", "/usr/bin/python3", "-c", script])
+            .args(args);
+        c
+    }
+
     /// `tag` keeps the names of concurrently running test binaries apart.
     pub fn new(tag: &str) -> Netns {
         let name = format!("{tag}-{}", std::process::id());
