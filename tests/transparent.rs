@@ -7,7 +7,6 @@
 
 mod common;
 
-
 use common::netns::{Netns, require_root_and};
 use common::*;
 
