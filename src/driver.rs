@@ -56,16 +56,6 @@ pub trait SessionPolicy: Send {
 /// A policy answer that may have to wait.
 pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// The policy that refuses nothing.
-#[derive(Debug, Default)]
-pub struct AcceptAll;
-
-impl SessionPolicy for AcceptAll {
-    fn check_rcpt<'a>(&'a mut self, _: &'a RcptCheck) -> Pending<'a, Verdict> {
-        Box::pin(std::future::ready(Verdict::Accept))
-    }
-}
-
 /// What the driver needs besides the two legs.
 pub struct DriverEnv {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,

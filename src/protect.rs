@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock, Reference};
+use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
@@ -173,11 +173,6 @@ impl<C: Clock + Clone> Protect<C> {
         if let Some(l) = &self.rcpt_pace {
             l.retain_recent();
         }
-    }
-
-    /// How long until `at` (for reply texts).
-    pub fn wait(&self, at: C::Instant) -> Duration {
-        at.duration_since(self.clock.now()).into()
     }
 }
 

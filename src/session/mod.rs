@@ -480,16 +480,6 @@ impl Session {
         self.user.as_ref()
     }
 
-    /// The client's HELO/EHLO name.
-    pub fn helo(&self) -> Option<&str> {
-        self.helo.as_deref()
-    }
-
-    /// Whether the client leg is TLS.
-    pub fn client_tls(&self) -> bool {
-        self.client_tls
-    }
-
     // === Shared helpers ===
 
     fn client_blocked(&self) -> bool {
