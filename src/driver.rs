@@ -119,126 +119,60 @@ async fn run<C, U>(
     let mut cbuf = ReadBuf::new();
     let mut ubuf = ReadBuf::new();
     let mut pending: VecDeque<Action> = VecDeque::new();
-    // One timer for the whole session, moved only when the deadline changes.
+    // One timer for the whole session. It is moved earlier when the session's
+    // deadline comes sooner, and otherwise left to fire and be re-armed: most
+    // events push the deadline later, and resetting a timer on each of them
+    // costs more than an early wake-up (the session ignores one that comes
+    // before its deadline).
     let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
     let timer = tokio::time::sleep_until(far());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Registered once: every session shares the token, so a fresh wait on
+    // each turn of the loop would contend for its lock.
+    let stopped = env.stop.cancelled();
+    tokio::pin!(stopped);
+    let mut stopping = false;
+    let mut out = Outbox::default();
     loop {
-        // Carry out every action, in order.
-        let mut wrote_client = false;
-        let mut wrote_upstream = false;
+        // Carry out every action, in order. Consecutive bytes for a leg are
+        // gathered and written in one go (one system call, one TCP segment)
+        // before any action that must come after them.
         while let Some(action) = pending.pop_front() {
             match action {
                 Action::ToClient(bytes) => {
-                    wrote_client = true;
                     *to_client += bytes.len() as u64;
-                    if let Err(e) = bounded(client.write_all(&bytes), env.write_timeout).await {
-                        tracing::info!(error = %e, "client not reading; closing");
+                    out.client.push(bytes);
+                }
+                Action::ToUpstream(bytes) => {
+                    *to_upstream += bytes.len() as u64;
+                    out.upstream.push(bytes);
+                }
+                other => {
+                    match out.send(client, upstream, env).await {
+                        Sent::Ok => {}
+                        Sent::ClientGone => return,
+                        Sent::UpstreamGone => pending.extend(session.on_upstream_eof(now())),
+                    }
+                    if !act(other, session, client, upstream, policy, env, &mut pending).await {
                         return;
                     }
                 }
-                Action::ToUpstream(bytes) => {
-                    wrote_upstream = true;
-                    *to_upstream += bytes.len() as u64;
-                    if let Err(e) = bounded(upstream.write_all(&bytes), env.write_timeout).await {
-                        tracing::debug!(error = %e, "upstream write failed");
-                        pending.extend(session.on_upstream_eof(now()));
-                    }
-                }
-                Action::StartClientTls => {
-                    let _ = client.flush().await;
-                    wrote_client = false;
-                    let result = match &env.server_tls {
-                        Some(cfg) => {
-                            let r = handshake(
-                                Box::pin(client.accept_tls(cfg.clone())),
-                                env.tls_handshake,
-                            )
-                            .await;
-                            crate::metrics::tls_handshake(
-                                "client",
-                                r.as_ref().ok().map(|i| i.version),
-                            );
-                            r.map(|info| {
-                                tracing::Span::current().record("tls", info.version);
-                                tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
-                            })
-                        }
-                        None => Err("no certificate configured".to_string()),
-                    };
-                    pending.extend(session.on_client_tls(result, now()));
-                }
-                Action::StartUpstreamTls => {
-                    let _ = upstream.flush().await;
-                    wrote_upstream = false;
-                    let result = match &env.upstream_tls {
-                        Some((cfg, name)) => {
-                            let r = handshake(
-                                Box::pin(upstream.connect_tls(cfg.clone(), name.clone())),
-                                env.tls_handshake,
-                            )
-                            .await;
-                            m::tls_handshake("upstream", r.as_ref().ok().map(|i| i.version));
-                            r.map(|info| {
-                                tracing::info!(version = info.version, "upstream TLS established");
-                            })
-                        }
-                        None => Err("upstream TLS not configured".to_string()),
-                    };
-                    pending.extend(session.on_upstream_tls(result, now()));
-                }
-                Action::CheckRcpt(check) => {
-                    let verdict = policy.check_rcpt(&check).await;
-                    pending.extend(session.on_rcpt_verdict(verdict, now()));
-                }
-                Action::Tx(event) => {
-                    if let TxEvent::End {
-                        delivered,
-                        message: Some(info),
-                    } = event
-                    {
-                        let metrics = &env.metrics;
-                        match delivered {
-                            true => metrics.messages_accepted.increment(1),
-                            false => metrics.messages_refused.increment(1),
-                        }
-                        metrics
-                            .end_of_data_seconds
-                            .record(info.waited.as_secs_f64());
-                    }
-                    policy.on_tx(event);
-                }
-                Action::CheckAuth(user) => {
-                    let allowed = policy.check_auth(user.as_ref());
-                    pending.extend(session.on_auth_verdict(allowed, now()));
-                }
-                Action::AuthResult {
-                    user,
-                    mechanism,
-                    ok,
-                } => policy.on_auth(user.as_ref(), mechanism, ok),
-                Action::Close => {
-                    let _ = client.flush().await;
-                    let _ = client.shutdown().await;
-                    // The upstream gets nothing more, not even a TLS
-                    // close_notify: an unfinished message stays unfinished.
-                    return;
-                }
             }
         }
-        if wrote_client && bounded(client.flush(), env.write_timeout).await.is_err() {
-            return;
-        }
-        if wrote_upstream && bounded(upstream.flush(), env.write_timeout).await.is_err() {
-            pending.extend(session.on_upstream_eof(now()));
-            continue;
+        match out.send(client, upstream, env).await {
+            Sent::Ok => {}
+            Sent::ClientGone => return,
+            Sent::UpstreamGone => {
+                pending.extend(session.on_upstream_eof(now()));
+                continue;
+            }
         }
         if session.is_closed() {
             return;
         }
         let deadline = session.deadline();
-        if deadline != armed {
+        if deadline.is_some_and(|d| armed.is_none_or(|a| d < a)) {
             armed = deadline;
             timer
                 .as_mut()
@@ -266,21 +200,190 @@ async fn run<C, U>(
                 });
             }
             _ = &mut timer => {
-                armed = None; // re-arm from the session's next deadline
                 pending.extend(session.on_timeout(now()));
+                // Re-arm from the session's deadline now, whether this was
+                // it or an earlier one that has since moved.
+                armed = session.deadline();
+                timer
+                    .as_mut()
+                    .reset(armed.map_or_else(far, tokio::time::Instant::from_std));
             }
-            _ = env.stop.cancelled() => {
+            _ = &mut stopped, if !stopping => {
+                stopping = true;
                 pending.extend(session.on_failure(Failure::ShuttingDown));
             }
         }
     }
 }
 
-/// An I/O step that must finish within `limit`.
+/// Bytes gathered for each leg during one turn of the driver's loop.
+#[derive(Default)]
+struct Outbox {
+    client: Gathered,
+    upstream: Gathered,
+}
+
+/// What became of an [`Outbox::send`].
+enum Sent {
+    Ok,
+    /// The client does not take its replies: the session ends.
+    ClientGone,
+    /// The upstream cannot be written to: the session hears of it as an EOF.
+    UpstreamGone,
+}
+
+impl Outbox {
+    /// Writes and flushes what was gathered, client first.
+    async fn send<C, U>(
+        &mut self,
+        client: &mut Leg<C>,
+        upstream: &mut Leg<U>,
+        env: &DriverEnv,
+    ) -> Sent
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Some(bytes) = self.client.take()
+            && let Err(e) = bounded(write_flush(client, &bytes), env.write_timeout).await
+        {
+            tracing::info!(error = %e, "client not reading; closing");
+            return Sent::ClientGone;
+        }
+        if let Some(bytes) = self.upstream.take()
+            && let Err(e) = bounded(write_flush(upstream, &bytes), env.write_timeout).await
+        {
+            tracing::debug!(error = %e, "upstream write failed");
+            return Sent::UpstreamGone;
+        }
+        Sent::Ok
+    }
+}
+
+/// Byte strings for one leg, joined without a copy when there is only one
+/// (the usual case), and holding no memory once taken.
+#[derive(Default)]
+struct Gathered(Option<Vec<u8>>);
+
+impl Gathered {
+    fn push(&mut self, bytes: Vec<u8>) {
+        match &mut self.0 {
+            None => self.0 = Some(bytes),
+            Some(buf) => buf.extend_from_slice(&bytes),
+        }
+    }
+
+    fn take(&mut self) -> Option<Vec<u8>> {
+        self.0.take()
+    }
+}
+
+async fn write_flush<T: AsyncWrite + Unpin>(leg: &mut T, bytes: &[u8]) -> std::io::Result<()> {
+    leg.write_all(bytes).await?;
+    leg.flush().await
+}
+
+/// Carries out one action other than writing bytes. False when the session
+/// is over.
+async fn act<C, U>(
+    action: Action,
+    session: &mut Session,
+    client: &mut Leg<C>,
+    upstream: &mut Leg<U>,
+    policy: &mut dyn SessionPolicy,
+    env: &DriverEnv,
+    pending: &mut VecDeque<Action>,
+) -> bool
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    match action {
+        Action::ToClient(_) | Action::ToUpstream(_) => unreachable!("gathered by the caller"),
+        Action::StartClientTls => {
+            let result = match &env.server_tls {
+                Some(cfg) => {
+                    let r = handshake(Box::pin(client.accept_tls(cfg.clone())), env.tls_handshake)
+                        .await;
+                    m::tls_handshake("client", r.as_ref().ok().map(|i| i.version));
+                    r.map(|info| {
+                        tracing::Span::current().record("tls", info.version);
+                        tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
+                    })
+                }
+                None => Err("no certificate configured".to_string()),
+            };
+            pending.extend(session.on_client_tls(result, now()));
+        }
+        Action::StartUpstreamTls => {
+            let result = match &env.upstream_tls {
+                Some((cfg, name)) => {
+                    let r = handshake(
+                        Box::pin(upstream.connect_tls(cfg.clone(), name.clone())),
+                        env.tls_handshake,
+                    )
+                    .await;
+                    m::tls_handshake("upstream", r.as_ref().ok().map(|i| i.version));
+                    r.map(|info| {
+                        tracing::info!(version = info.version, "upstream TLS established");
+                    })
+                }
+                None => Err("upstream TLS not configured".to_string()),
+            };
+            pending.extend(session.on_upstream_tls(result, now()));
+        }
+        Action::CheckRcpt(check) => {
+            let verdict = policy.check_rcpt(&check).await;
+            pending.extend(session.on_rcpt_verdict(verdict, now()));
+        }
+        Action::Tx(event) => {
+            if let TxEvent::End {
+                delivered,
+                message: Some(info),
+            } = event
+            {
+                let metrics = &env.metrics;
+                match delivered {
+                    true => metrics.messages_accepted.increment(1),
+                    false => metrics.messages_refused.increment(1),
+                }
+                metrics
+                    .end_of_data_seconds
+                    .record(info.waited.as_secs_f64());
+            }
+            policy.on_tx(event);
+        }
+        Action::CheckAuth(user) => {
+            let allowed = policy.check_auth(user.as_ref());
+            pending.extend(session.on_auth_verdict(allowed, now()));
+        }
+        Action::AuthResult {
+            user,
+            mechanism,
+            ok,
+        } => policy.on_auth(user.as_ref(), mechanism, ok),
+        Action::Close => {
+            let _ = client.flush().await;
+            let _ = client.shutdown().await;
+            // The upstream gets nothing more, not even a TLS close_notify:
+            // an unfinished message stays unfinished.
+            return false;
+        }
+    }
+    true
+}
+
+/// An I/O step that must finish within `limit`. Most writes finish at once;
+/// the clock is started only for one that has to wait.
 async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
     fut: F,
     limit: Duration,
 ) -> std::io::Result<()> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(r) = first {
+        return r;
+    }
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
