@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Memory per idle session: opens N sessions through mailbrake (plain or
 implicit TLS), each greeted and then idle, and reports mailbrake's resident
-memory before and after, per session. The upstream is a tiny asyncio SMTP
-greeter in this process that holds every connection open.
+memory before and after, per session, and how many sessions were greeted,
+refused or left waiting. The upstream is a tiny asyncio SMTP greeter in a
+process of its own that holds every connection open, so that each of the
+three processes holds one descriptor per session (mailbrake two).
 
     python3 bench/sessions.py --mailbrake PATH --sessions 5000 [--tls]
 
-Everything listens on 127.0.0.1. Needs the open-file limit raised (run as
-root, or `ulimit -n 65536` first)."""
+Everything listens on 127.0.0.1. Exits non-zero when a session was not
+greeted."""
 
 import argparse
 import asyncio
@@ -37,18 +39,11 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-async def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--mailbrake", required=True)
-    ap.add_argument("--sessions", type=int, default=5000)
-    ap.add_argument("--tls", action="store_true")
-    a = ap.parse_args()
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
+async def greeter_main(port):
+    """The upstream: greets and holds every connection until it closes."""
     held = []
 
-    async def greeter(reader, writer):
+    async def greet(reader, writer):
         writer.write(b"220 upstream ESMTP\r\n")
         await writer.drain()
         held.append(writer)
@@ -57,8 +52,30 @@ async def main():
         except (asyncio.CancelledError, ConnectionError):
             pass
 
+    server = await asyncio.start_server(greet, "127.0.0.1", port, backlog=4096)
+    print("ready", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+async def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mailbrake")
+    ap.add_argument("--sessions", type=int, default=5000)
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--greeter", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if a.greeter:
+        return await greeter_main(a.greeter)
+    if not a.mailbrake:
+        ap.error("--mailbrake is required")
+
     up_port, mb_port, admin = free_port(), free_port(), free_port()
-    server = await asyncio.start_server(greeter, "127.0.0.1", up_port, backlog=4096)
+    greeter = subprocess.Popen([sys.executable, __file__, "--greeter", str(up_port)],
+                               stdout=subprocess.PIPE)
+    assert greeter.stdout.readline().strip() == b"ready"
     work = tempfile.mkdtemp()
     cert, key = f"{work}/c.pem", f"{work}/k.pem"
     subprocess.run(
@@ -97,13 +114,25 @@ max_sessions = {a.sessions + 100}
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
 
+        outcomes = {}
+
         async def session():
-            r, w = await asyncio.open_connection("127.0.0.1", mb_port, ssl=ctx if a.tls else None)
-            line = await r.readline()
-            assert line.startswith(b"220"), line
+            """A greeted session's writer, or None (the outcome is counted)."""
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection(
+                    "127.0.0.1", mb_port, ssl=ctx if a.tls else None), 10)
+                line = await asyncio.wait_for(r.readline(), 10)
+            except (OSError, asyncio.TimeoutError) as e:
+                key = f"failed: {type(e).__name__}"
+                outcomes[key] = outcomes.get(key, 0) + 1
+                return None
+            key = "greeted (220)" if line.startswith(b"220") else f"answered {line[:60]!r}"
+            outcomes[key] = outcomes.get(key, 0) + 1
             return w
 
         warm = await session()
+        assert warm is not None, outcomes
+        outcomes.clear()
         await asyncio.sleep(0.5)
         before = rss_kib(mb.pid)
         clients = []
@@ -113,19 +142,25 @@ max_sessions = {a.sessions + 100}
         opened = time.time() - t0
         await asyncio.sleep(1.0)
         after = rss_kib(mb.pid)
-        per = (after - before) * 1024 / a.sessions
+        greeted = outcomes.get("greeted (220)", 0)
+        per = (after - before) * 1024 / max(greeted, 1)
         kind = "TLS" if a.tls else "plain"
-        print(f"{kind}: {a.sessions} idle sessions opened in {opened:.1f} s; mailbrake RSS "
+        print(f"{kind}: {a.sessions} sessions opened in {opened:.1f} s; mailbrake RSS "
               f"{before / 1024:.1f} MiB -> {after / 1024:.1f} MiB: {per / 1024:.1f} KiB per session")
+        print(f"open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}; outcomes: "
+              + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
         errors = [l for l in open(f"{work}/mb.log") if "ERROR" in l or "WARN" in l]
         if errors:
             print(f"mailbrake warned {len(errors)} times, e.g. {errors[0].strip()}", file=sys.stderr)
         for w in clients + [warm]:
-            w.close()
+            if w is not None:
+                w.close()
+        return 0 if greeted == a.sessions else 1
     finally:
         mb.terminate()
         mb.wait(timeout=30)
-        server.close()
+        greeter.terminate()
+        greeter.wait(timeout=30)
 
 
-asyncio.run(main())
+sys.exit(asyncio.run(main()))

@@ -39,7 +39,7 @@ pub const KEY_CLASSES: &[&str] = &["auth", "vhost", "ip"];
 pub const RCPT_OUTCOMES: &[&str] = &["accepted", "deferred", "rejected", "observed"];
 pub const DECISIONS: &[&str] = &["accepted", "over_limit", "locked", "observed"];
 pub const LOCK_REASONS: &[&str] = &["refusals", "rotation", "operator"];
-pub const REFUSAL_REASONS: &[&str] = &["max_sessions", "connection_rate"];
+pub const REFUSAL_REASONS: &[&str] = &["max_sessions", "connection_rate", "out_of_files"];
 pub const UPSTREAM_FAILURES: &[&str] = &["unreachable", "loop", "tls"];
 pub const TLS_LEGS: &[&str] = &["client", "upstream"];
 pub const TLS_VERSIONS: &[&str] = &["TLSv1.2", "TLSv1.3"];
@@ -242,6 +242,7 @@ pub struct ListenerMetrics {
     pub accepted: metrics::Counter,
     pub refused_max_sessions: metrics::Counter,
     pub refused_connection_rate: metrics::Counter,
+    pub refused_out_of_files: metrics::Counter,
     pub messages_accepted: metrics::Counter,
     pub messages_refused: metrics::Counter,
     pub bytes_to_upstream: metrics::Counter,
@@ -263,6 +264,7 @@ impl ListenerMetrics {
             accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
             refused_max_sessions: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "max_sessions"),
             refused_connection_rate: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "connection_rate"),
+            refused_out_of_files: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "out_of_files"),
             messages_accepted: counter!(MESSAGES, "listener" => l.clone(), "result" => "accepted"),
             messages_refused: counter!(MESSAGES, "listener" => l.clone(), "result" => "refused"),
             bytes_to_upstream: counter!(RELAYED_BYTES, "listener" => l.clone(), "direction" => "client_to_upstream"),

@@ -439,7 +439,8 @@ async fn accept_loop(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                // Out of file descriptors and the like: do not spin.
+                // Out of file descriptors and the like: do not spin. The
+                // connection waits in the backlog until a session ends.
                 tracing::error!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
@@ -450,7 +451,7 @@ async fn accept_loop(
         if !protect.allow_connection(peer.ip()) {
             rt.metrics.refused_connection_rate.increment(1);
             let host = rt.session.hostname.clone();
-            let span = tracing::info_span!("session", listener = %rt.cfg.name, client = %peer);
+            let span = tracing::error_span!("session", listener = %rt.cfg.name, client = %peer);
             tokio::spawn(
                 async move { refuse(stream, &Failure::ConnectionRate, &host).await }
                     .instrument(span),
@@ -463,7 +464,9 @@ async fn accept_loop(
         } else {
             rt.metrics.accepted.increment(1);
         }
-        let span = tracing::info_span!(
+        // At the highest level so that it is never filtered out: a warning
+        // logged with MAILBRAKE_LOG=warn still names its session and client.
+        let span = tracing::error_span!(
             "session",
             id = %session_id(),
             listener = %rt.cfg.name,
@@ -758,6 +761,7 @@ async fn finish_early(
     match failure {
         Failure::UpstreamLoop(_) => metrics.upstream_loop.increment(1),
         Failure::UpstreamTls(_) | Failure::UpstreamNoStartTls => metrics.upstream_tls.increment(1),
+        Failure::OutOfFiles(_) => metrics.refused_out_of_files.increment(1),
         _ => metrics.upstream_unreachable.increment(1),
     }
     if let Some(reply) = failure.reply(host) {

@@ -104,6 +104,9 @@ pub async fn connect(
                     let _ = s.set_nodelay(true);
                     return Ok(s);
                 }
+                Err(e) if is_out_of_files(&e) => {
+                    return Err(Failure::OutOfFiles(format!("connecting to {addr}: {e}")));
+                }
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
@@ -115,6 +118,16 @@ pub async fn connect(
             "{dest}: no connection within {timeout:?}"
         ))),
     }
+}
+
+/// This process (EMFILE) or the whole system (ENFILE) has no file descriptor
+/// left: mailbrake's own limit, not the upstream's fault.
+pub fn is_out_of_files(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EMFILE | Errno::ENFILE)
+    )
 }
 
 /// Writes the PROXY protocol header, before any SMTP byte.

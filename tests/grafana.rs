@@ -44,7 +44,13 @@ const CONTRACT: &[Metric] = &[
     Metric {
         name: "mailbrake_connections_refused_total",
         kind: "counter",
-        labels: &[LISTENER, ("reason", &["max_sessions", "connection_rate"])],
+        labels: &[
+            LISTENER,
+            (
+                "reason",
+                &["max_sessions", "connection_rate", "out_of_files"],
+            ),
+        ],
     },
     Metric {
         name: "mailbrake_sessions_active",

@@ -114,6 +114,66 @@ async fn max_sessions_refuses_one_more_until_one_ends() {
     quit(&mut b).await;
 }
 
+/// Out of file descriptors (the operator's open-file limit is too low for
+/// the load), a session that cannot reach its upstream gets a clear 421 and
+/// is counted; nothing panics, and sessions are served again once some end.
+#[tokio::test]
+async fn out_of_open_files_is_a_clear_421_and_passes() {
+    let up = Upstream::start(Opts::default()).await;
+    let (cfg, addr) = one_listener(up.addr, "", "");
+    let mut mb = Mailbrake::start(&cfg);
+    let admin = admin_addr(&mut mb);
+
+    // Room for exactly three sessions (two descriptors each) and the client
+    // side of a fourth: its upstream connection is what fails. The limit
+    // bounds descriptor numbers, so count the free numbers below it.
+    let pid = mb.child.id();
+    let open: std::collections::BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    let limit = (0..).filter(|fd| !open.contains(fd)).nth(3 * 2).unwrap() + 1;
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) is needed");
+    assert!(status.success());
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Raw::connect(addr).await;
+        greet(&mut c).await;
+        held.push(c);
+    }
+    let mut fourth = Raw::connect(addr).await;
+    assert_eq!(
+        fourth.closed().await,
+        "421 4.3.2 mb.test too busy, try again later\r\n"
+    );
+    let line = mb.wait_log("out of open files");
+    assert!(line.contains("Too many open files"), "{line}");
+    assert!(
+        line.contains("session{"),
+        "the warning names its session: {line}"
+    );
+
+    for mut c in held {
+        quit(&mut c).await;
+    }
+    let mut again = connect_served(addr).await;
+    expect(&again.cmd("EHLO client.test").await, "250");
+    quit(&mut again).await;
+    let s = samples(&scrape(admin).await);
+    assert_eq!(
+        s[r#"mailbrake_connections_refused_total{listener="l",reason="out_of_files"}"#],
+        1.0
+    );
+}
+
 /// A config whose hostname is `host`, at most three commands outside a
 /// transaction, and `max_sessions` sessions.
 fn reload_config(dir: &std::path::Path, port: u16, up: SocketAddr, host: &str) -> String {

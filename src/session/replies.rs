@@ -51,6 +51,10 @@ pub enum Failure {
     TooManyCommands(usize),
     #[error("bare CR or LF next to a '.' line in DATA (SMTP smuggling)")]
     Smuggling,
+    #[error(
+        "out of open files ({0}); raise the open-file limit (LimitNOFILE) or lower max_sessions"
+    )]
+    OutOfFiles(String),
     #[error("too many concurrent sessions on this listener ({0})")]
     TooManySessions(usize),
     #[error("too many new connections from this address")]
@@ -73,7 +77,7 @@ impl Failure {
             | UpstreamProtocol(_) => Fault::Upstream,
             ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling
             | ConnectionRate | AuthBlocked => Fault::Client,
-            UpstreamLoop(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
+            UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
 
@@ -108,6 +112,7 @@ impl Failure {
             TooManySessions(_) => {
                 format!("421 4.7.0 {host} Error: too many connections, try again later")
             }
+            OutOfFiles(_) => format!("421 4.3.2 {host} too busy, try again later"),
             ShuttingDown => format!("421 4.3.2 {host} shutting down, try again later"),
             ConnectionRate => format!(
                 "421 4.7.0 {host} Error: too many connections from your address, try again later"
@@ -178,6 +183,7 @@ mod tests {
             Failure::TooManyCommands(1),
             Failure::Smuggling,
             Failure::TooManySessions(1),
+            Failure::OutOfFiles("x".into()),
             Failure::ShuttingDown,
             Failure::ConnectionRate,
             Failure::AuthBlocked,
