@@ -20,6 +20,8 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, inbound (trusted peers only) and outbound.
 //! - [`tls`]: rustls configurations for both legs, certificates chosen by SNI.
 //! - [`server`]: listeners, the accept loop, session limits, reload and drain.
+//! - [`workers`]: the session threads, one single-threaded runtime each; a
+//!   new session goes to the least busy one and stays there.
 //! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
@@ -45,3 +47,4 @@ pub mod session;
 pub mod state;
 pub mod tls;
 pub mod upstream;
+pub mod workers;

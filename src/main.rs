@@ -57,7 +57,12 @@ fn main() -> ExitCode {
                 }
             };
             init_logs(cfg.server.log_format);
-            let runtime = match tokio::runtime::Runtime::new() {
+            // The main runtime takes connections, the admin endpoint and
+            // reloads; sessions run on their own threads (server.threads).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");

@@ -188,6 +188,11 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
     tracing::info!(bind = %bound, "admin endpoint ready: /metrics");
     tokio::spawn(crate::admin::refresh(admin, admin_stop.clone()));
+    let workers = Arc::new(crate::workers::Workers::start(config.server.threads.get())?);
+    tracing::info!(
+        threads = config.server.threads.get(),
+        "session threads started"
+    );
     let services = Arc::new(Services {
         limiter: limiter.clone(),
         protect: protect.clone(),
@@ -215,6 +220,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             stop.clone(),
             tracker.clone(),
             services.clone(),
+            workers.clone(),
         ));
     }
 
@@ -239,6 +245,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         if new.admin.bind != config.admin.bind {
             tracing::warn!("admin.bind changed: needs a restart");
+        }
+        if new.server.threads != config.server.threads {
+            tracing::warn!("server.threads changed: needs a restart");
         }
         config.server.drain_timeout = new.server.drain_timeout;
         Ok(())
@@ -429,6 +438,7 @@ async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
     services: Arc<Services>,
+    workers: Arc<crate::workers::Workers>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -483,8 +493,24 @@ async fn accept_loop(
             stop: stop.clone(),
             metrics: rt.metrics.clone(),
         };
-        tracker.spawn(
+        // The session moves to a worker thread: its socket leaves this
+        // runtime's poller for the worker's.
+        let place = workers.place();
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the connection to a session thread");
+                continue;
+            }
+        };
+        let handle = place.handle.clone();
+        tracker.spawn_on(
             async move {
+                let _place = place;
+                let stream = match TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => return tracing::warn!(error = %e, "cannot register the connection"),
+                };
                 let _permit = match permit {
                     Some(p) => p,
                     None => {
@@ -503,6 +529,7 @@ async fn accept_loop(
                     .record(started.elapsed().as_secs_f64());
             }
             .instrument(span),
+            &handle,
         );
     }
 }

@@ -62,6 +62,7 @@ pub(super) struct RawServer {
     pub hostname: Option<String>,
     pub drain_timeout: Option<String>,
     pub log_format: Option<String>,
+    pub threads: Option<i64>,
 }
 
 /// `[session]`. Integers are `i64` (TOML's own type) so that a negative value

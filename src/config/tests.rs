@@ -261,7 +261,7 @@ fn defaults_apply() {
 fn explicit_values_override_defaults() {
     let text = format!(
         "[admin]\nbind = \"[::1]:9000\"\n\
-         [server]\nhostname = \"[IPv6:2001:db8::1]\"\ndrain_timeout = \"1h 30m\"\nlog_format = \"json\"\n\
+         [server]\nhostname = \"[IPv6:2001:db8::1]\"\ndrain_timeout = \"1h 30m\"\nlog_format = \"json\"\nthreads = 3\n\
          [session]\nmax_line_length = 512\nmax_auth_line_length = 512\n\
          max_commands_without_mail = 1\nmax_reply_bytes = 4096\n\
          [timeouts]\nconnect = \"1s\"\nupstream_data_end = \"500ms\"\n{}",
@@ -272,6 +272,7 @@ fn explicit_values_override_defaults() {
     assert_eq!(config.server.hostname, "[IPv6:2001:db8::1]");
     assert_eq!(config.server.drain_timeout, Duration::from_secs(5400));
     assert_eq!(config.server.log_format, LogFormat::Json);
+    assert_eq!(config.server.threads.get(), 3);
     assert_eq!(config.session.max_line_length.get(), 512);
     assert_eq!(config.session.max_auth_line_length.get(), 512);
     assert_eq!(config.session.max_commands_without_mail.get(), 1);
@@ -292,6 +293,7 @@ fn several_errors_are_reported_together() {
         [server]\n\
         drain_timeout = \"soon\"\n\
         log_format = \"xml\"\n\
+        threads = 0\n\
         [session]\n\
         max_line_length = 100\n\
         [timeouts]\n\
@@ -310,6 +312,7 @@ fn several_errors_are_reported_together() {
     let expected = [
         "server.drain_timeout: \"soon\" is not a duration",
         "server.log_format: \"xml\" is not allowed; use one of \"text\", \"json\"",
+        "server.threads: 0 is too small; give at least 1 (threads)",
         "session.max_line_length: 100 is too small; give at least 512",
         "timeouts.connect: must not be zero",
         "listener[a].bind: \"localhost:25\" is not an IP:PORT address",
@@ -328,10 +331,10 @@ fn several_errors_are_reported_together() {
 
     let shown = parse(text).expect_err("invalid").to_string();
     assert!(
-        shown.starts_with("12 error(s) in <text>:\n  - server.drain_timeout: "),
+        shown.starts_with("13 error(s) in <text>:\n  - server.drain_timeout: "),
         "{shown}"
     );
-    assert_eq!(shown.lines().count(), 13, "{shown}");
+    assert_eq!(shown.lines().count(), 14, "{shown}");
 }
 
 #[test]

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// Log format: human-readable text or one JSON object per line.
     pub log_format: LogFormat,
+    /// Threads that run sessions (default: one per CPU).
+    pub threads: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -237,10 +237,13 @@ fn server(p: &mut Problems, raw: RawServer) -> Option<ServerConfig> {
         LogFormat::Text,
         LOG_FORMATS,
     );
+    let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    let threads = count(p, "server.threads", raw.threads, cpus, 1, "threads");
     Some(ServerConfig {
         hostname: hostname?,
         drain_timeout: drain_timeout?,
         log_format: log_format?,
+        threads: threads?,
     })
 }
 
