@@ -20,8 +20,9 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, inbound (trusted peers only) and outbound.
 //! - [`tls`]: rustls configurations for both legs, certificates chosen by SNI.
 //! - [`server`]: listeners, the accept loop, session limits, reload and drain.
-//! - [`workers`]: the session threads, one single-threaded runtime each; a
-//!   new session goes to the least busy one and stays there.
+//! - [`workers`]: the session threads, one single-threaded runtime each,
+//!   each accepting and running its own sessions.
+//! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`).
 //! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod driver;
 pub mod leg;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod orig_dst;
 pub mod owner;

@@ -188,7 +188,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("admin.bind {}: {e}", config.admin.bind))?;
     tracing::info!(bind = %bound, "admin endpoint ready: /metrics");
     tokio::spawn(crate::admin::refresh(admin, admin_stop.clone()));
-    let workers = Arc::new(crate::workers::Workers::start(config.server.threads.get())?);
+    let workers = crate::workers::Workers::start(config.server.threads.get())?;
     tracing::info!(
         threads = config.server.threads.get(),
         "session threads started"
@@ -199,13 +199,14 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         fleet: fleet.clone(),
     });
     for rt in runtimes {
-        let listener = TcpListener::bind(rt.cfg.bind).await.map_err(|e| {
-            anyhow::anyhow!(
-                "listener[{}]: cannot bind {}: {e}",
-                rt.cfg.name,
-                rt.cfg.bind
-            )
-        })?;
+        let group =
+            crate::listen::bind_group(rt.cfg.bind, workers.handles().len()).map_err(|e| {
+                anyhow::anyhow!(
+                    "listener[{}]: cannot bind {}: {e}",
+                    rt.cfg.name,
+                    rt.cfg.bind
+                )
+            })?;
         tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = %rt.cfg.tls, upstream = %rt.cfg.upstream, "listening");
         let (tx, rx) = watch::channel(Arc::new(rt));
         running.push(Running {
@@ -213,15 +214,23 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             bind: rx.borrow().cfg.bind,
             tx,
         });
-        tokio::spawn(accept_loop(
-            listener,
-            rx,
-            accepting.clone(),
-            stop.clone(),
-            tracker.clone(),
-            services.clone(),
-            workers.clone(),
-        ));
+        // Each session thread accepts on its own socket of the group.
+        for (socket, thread) in group.into_iter().zip(workers.handles()) {
+            let (rx, accepting, stop) = (rx.clone(), accepting.clone(), stop.clone());
+            let (tracker, services, name) = (
+                tracker.clone(),
+                services.clone(),
+                rx.borrow().cfg.name.clone(),
+            );
+            thread.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(l) => accept_loop(l, rx, accepting, stop, tracker, services).await,
+                    Err(e) => {
+                        tracing::error!(listener = %name, "cannot accept on a session thread: {e}")
+                    }
+                }
+            });
+        }
     }
 
     // SIGHUP and the admin API's reload do the same.
@@ -438,7 +447,6 @@ async fn accept_loop(
     stop: CancellationToken,
     tracker: TaskTracker,
     services: Arc<Services>,
-    workers: Arc<crate::workers::Workers>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -493,24 +501,8 @@ async fn accept_loop(
             stop: stop.clone(),
             metrics: rt.metrics.clone(),
         };
-        // The session moves to a worker thread: its socket leaves this
-        // runtime's poller for the worker's.
-        let place = workers.place();
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot hand the connection to a session thread");
-                continue;
-            }
-        };
-        let handle = place.handle.clone();
-        tracker.spawn_on(
+        tracker.spawn(
             async move {
-                let _place = place;
-                let stream = match TcpStream::from_std(stream) {
-                    Ok(s) => s,
-                    Err(e) => return tracing::warn!(error = %e, "cannot register the connection"),
-                };
                 let _permit = match permit {
                     Some(p) => p,
                     None => {
@@ -529,7 +521,6 @@ async fn accept_loop(
                     .record(started.elapsed().as_secs_f64());
             }
             .instrument(span),
-            &handle,
         );
     }
 }

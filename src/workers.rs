@@ -1,74 +1,44 @@
-//! The session threads: one single-threaded runtime per thread, each running
-//! whole sessions, both sockets included. A session's wake-ups (a reply from
-//! the upstream, the client's next command) are then handled on the thread
-//! that waits for them, with no hand-over between threads: on a loaded
-//! machine that hand-over, not the parsing, was the larger part of the
-//! proxy's CPU time. Listeners, the admin endpoint, reloads and the shared
-//! limit connection stay on the main runtime.
-
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! The session threads: one single-threaded runtime per thread, each
+//! accepting connections on a listening socket of its own (see [`listen`])
+//! and running those sessions whole, both sockets included. A session's
+//! wake-ups (a reply from the upstream, the client's next command) are then
+//! handled on the thread that waits for them, with no hand-over between
+//! threads: on a loaded machine that hand-over, not the parsing, was the
+//! larger part of the proxy's CPU time. The admin endpoint, signals, reloads
+//! and the shared limit connection stay on the main runtime.
+//!
+//! [`listen`]: crate::listen
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-/// The session threads, each with the number of sessions it runs.
+/// The session threads.
 pub struct Workers {
-    workers: Vec<Worker>,
+    handles: Vec<Handle>,
     stop: CancellationToken,
-}
-
-struct Worker {
-    handle: Handle,
-    sessions: Arc<AtomicUsize>,
-}
-
-/// A session's place on a worker, counted while it lives.
-pub struct Placement {
-    pub handle: Handle,
-    sessions: Arc<AtomicUsize>,
-}
-
-impl Drop for Placement {
-    fn drop(&mut self) {
-        self.sessions.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Workers {
     /// Starts `n` session threads.
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
-        let mut workers = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let handle = runtime.handle().clone();
+            handles.push(runtime.handle().clone());
             let stopped = stop.clone();
             std::thread::Builder::new()
                 .name(format!("mailbrake-sessions-{i}"))
                 .spawn(move || runtime.block_on(stopped.cancelled()))?;
-            workers.push(Worker {
-                handle,
-                sessions: Arc::new(AtomicUsize::new(0)),
-            });
         }
-        Ok(Workers { workers, stop })
+        Ok(Workers { handles, stop })
     }
 
-    /// The worker with the fewest sessions, for a new one.
-    pub fn place(&self) -> Placement {
-        let w = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.sessions.load(Ordering::Relaxed))
-            .expect("at least one worker");
-        w.sessions.fetch_add(1, Ordering::Relaxed);
-        Placement {
-            handle: w.handle.clone(),
-            sessions: w.sessions.clone(),
-        }
+    /// One handle per thread, to spawn its accept loops on.
+    pub fn handles(&self) -> &[Handle] {
+        &self.handles
     }
 }
 
@@ -84,38 +54,18 @@ impl Drop for Workers {
 mod tests {
     use super::*;
 
-    fn loads(w: &Workers) -> Vec<usize> {
-        w.workers
-            .iter()
-            .map(|w| w.sessions.load(Ordering::Relaxed))
-            .collect()
-    }
-
     #[test]
-    fn a_new_session_goes_to_the_least_busy_thread() {
+    fn each_handle_runs_on_its_own_named_thread() {
         let w = Workers::start(2).unwrap();
-        let a = w.place();
-        let b = w.place();
-        let c = w.place();
-        assert_eq!(loads(&w), [2, 1]);
-        drop(a);
-        drop(c);
-        assert_eq!(loads(&w), [0, 1]);
-        let d = w.place();
-        assert_eq!(loads(&w), [1, 1], "the idle thread takes it");
-        drop((b, d));
-        assert_eq!(loads(&w), [0, 0]);
-    }
-
-    #[test]
-    fn sessions_run_on_the_worker_threads() {
-        let w = Workers::start(1).unwrap();
-        let place = w.place();
         let (tx, rx) = std::sync::mpsc::channel();
-        place.handle.spawn(async move {
-            let _ = tx.send(std::thread::current().name().map(str::to_owned));
-        });
-        let name = rx.recv().unwrap();
-        assert_eq!(name.as_deref(), Some("mailbrake-sessions-0"));
+        for h in w.handles() {
+            let tx = tx.clone();
+            h.spawn(async move {
+                let _ = tx.send(std::thread::current().name().map(str::to_owned));
+            });
+        }
+        let mut names: Vec<_> = (0..2).map(|_| rx.recv().unwrap().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["mailbrake-sessions-0", "mailbrake-sessions-1"]);
     }
 }
