@@ -448,6 +448,9 @@ async fn accept_loop(
     tracker: TaskTracker,
     services: Arc<Services>,
 ) {
+    // This thread's own node of the token: its sessions wait on it without
+    // contending with other threads' sessions for the shared one's lock.
+    let stop = stop.child_token();
     loop {
         let accepted = tokio::select! {
             biased; // after SIGTERM, accept nothing more
