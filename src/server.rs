@@ -297,14 +297,15 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
 }
 
 /// Raises the open-file limit to its hard maximum (each session holds two
-/// descriptors), and says so when even that is below what `max_sessions`
-/// allows.
+/// descriptors, each listener one per session thread), and says so when even
+/// that is below what `max_sessions` allows.
 fn raise_open_files(config: &Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let threads = config.server.threads.get() as u64;
     let needed: u64 = config
         .listeners
         .iter()
-        .map(|l| 2 * l.max_sessions.get() as u64)
+        .map(|l| 2 * l.max_sessions.get() as u64 + threads)
         .sum::<u64>()
         + 256;
     match getrlimit(Resource::RLIMIT_NOFILE) {
