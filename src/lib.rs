@@ -23,6 +23,7 @@
 //! - [`workers`]: the session threads, one single-threaded runtime each,
 //!   each accepting and running its own sessions.
 //! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`).
+//! - [`logbuf`]: log lines to stderr, gathered on session threads until they go idle.
 //! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
@@ -38,6 +39,7 @@ pub mod driver;
 pub mod leg;
 pub mod limits;
 pub mod listen;
+pub mod logbuf;
 pub mod metrics;
 pub mod orig_dst;
 pub mod owner;

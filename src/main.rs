@@ -103,7 +103,7 @@ fn init_logs(format: mailbrake::config::LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(mailbrake::logbuf::Logs);
     match format {
         mailbrake::config::LogFormat::Json => builder.json().init(),
         mailbrake::config::LogFormat::Text => builder.init(),

@@ -24,14 +24,22 @@ impl Workers {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
+            // Log lines are written when the thread goes idle (logbuf).
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(crate::logbuf::flush)
                 .build()?;
             handles.push(runtime.handle().clone());
             let stopped = stop.clone();
             std::thread::Builder::new()
                 .name(format!("mailbrake-sessions-{i}"))
-                .spawn(move || runtime.block_on(stopped.cancelled()))?;
+                .spawn(move || {
+                    crate::logbuf::gather_on_this_thread();
+                    runtime.block_on(stopped.cancelled());
+                    // Sessions still on it are dropped (and may log) first.
+                    drop(runtime);
+                    crate::logbuf::flush();
+                })?;
         }
         Ok(Workers { handles, stop })
     }
