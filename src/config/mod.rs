@@ -12,9 +12,12 @@ mod raw;
 mod tests;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_listeners;
 mod types;
 mod validate;
 mod validate_limits;
+mod validate_listeners;
 
 use std::path::{Path, PathBuf};
 

@@ -2,8 +2,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::IpNet;
-
 use super::*;
 
 // === helpers ===
@@ -34,7 +32,7 @@ impl Files {
     }
 
     /// Absolute path of `certs/NAME`.
-    fn cert(&self, name: &str) -> PathBuf {
+    pub(super) fn cert(&self, name: &str) -> PathBuf {
         self.dir.path().join("certs").join(name)
     }
 
@@ -58,7 +56,7 @@ pub(super) const BASE: &str =
     "name = \"l\"\nbind = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:10025\"";
 
 /// The only listener of a file that must be valid.
-fn listener_ok(text: &str) -> ListenerConfig {
+pub(super) fn listener_ok(text: &str) -> ListenerConfig {
     let config = parse(text).unwrap_or_else(|e| panic!("{e}\n--- in ---\n{text}"));
     assert_eq!(config.listeners.len(), 1);
     config.listeners.into_iter().next().expect("one listener")
@@ -93,11 +91,11 @@ pub(super) fn syntax_error(text: &str) -> String {
     }
 }
 
-fn addr(s: &str) -> SocketAddr {
+pub(super) fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }
 
-fn fixed(host: &str, port: u16) -> UpstreamTarget {
+pub(super) fn fixed(host: &str, port: u16) -> UpstreamTarget {
     UpstreamTarget::Fixed {
         host: host.to_owned(),
         port,
@@ -492,279 +490,6 @@ fn log_format_values() {
         let text = format!("[server]\nlog_format = \"{value}\"\n{}", one_listener(BASE));
         assert_eq!(parse(&text).expect("valid").server.log_format, want);
     }
-}
-
-// === upstream and addresses ===
-
-#[test]
-fn upstream_forms() {
-    for (value, want) in [
-        ("original-destination", UpstreamTarget::OriginalDestination),
-        ("127.0.0.1:25", fixed("127.0.0.1", 25)),
-        ("mta.internal:10587", fixed("mta.internal", 10587)),
-        ("localhost:65535", fixed("localhost", 65535)),
-        ("[::1]:10025", fixed("::1", 10025)),
-        ("[2001:db8::1]:25", fixed("2001:db8::1", 25)),
-    ] {
-        let fields = format!("name = \"l\"\nbind = \"127.0.0.1:2525\"\nupstream = \"{value}\"");
-        assert_eq!(
-            listener_ok(&one_listener(&fields)).upstream,
-            want,
-            "{value}"
-        );
-    }
-}
-
-#[test]
-fn bad_upstreams() {
-    for (value, want) in [
-        ("original_destination", "has no port"),
-        ("127.0.0.1", "has no port"),
-        (":25", "has no host"),
-        ("mta:0", "is not a number from 1 to 65535"),
-        ("mta:65536", "is not a number from 1 to 65535"),
-        ("mta:smtp", "is not a number from 1 to 65535"),
-        ("::1:25", "an IPv6 address needs brackets"),
-        ("[::1]", "is not HOST:PORT"),
-        ("[mta]:25", "in brackets is not an IPv6 address"),
-        ("bad host:25", "is not a valid host name"),
-    ] {
-        let fields = format!("name = \"l\"\nbind = \"127.0.0.1:2525\"\nupstream = \"{value}\"");
-        let e = error(&one_listener(&fields));
-        assert!(e.starts_with("listener[l].upstream: "), "{e}");
-        assert!(e.contains(want), "{value}: {e}");
-    }
-}
-
-#[test]
-fn ipv6_bind_and_upstream() {
-    let l = listener_ok(&one_listener(
-        "name = \"v6\"\nbind = \"[::]:2587\"\nupstream = \"[::1]:10025\"",
-    ));
-    assert_eq!(l.bind, addr("[::]:2587"));
-    assert_eq!(l.upstream, fixed("::1", 10025));
-
-    let e = error(&one_listener(
-        "name = \"v6\"\nbind = \"::1:2587\"\nupstream = \"[::1]:10025\"",
-    ));
-    assert!(
-        e.starts_with("listener[v6].bind: \"::1:2587\" is not an IP:PORT address"),
-        "{e}"
-    );
-}
-
-#[test]
-fn binds_must_be_unique_except_port_zero() {
-    let two = |a: &str, b: &str| {
-        format!(
-            "{}{}",
-            one_listener(&format!(
-                "name = \"a\"\nbind = \"{a}\"\nupstream = \"127.0.0.1:25\""
-            )),
-            one_listener(&format!(
-                "name = \"b\"\nbind = \"{b}\"\nupstream = \"127.0.0.1:25\""
-            ))
-        )
-    };
-    assert_eq!(
-        error(&two("127.0.0.1:2525", "127.0.0.1:2525")),
-        "listener[b].bind: 127.0.0.1:2525 is already the address of listener[a]; addresses must \
-         be unique"
-    );
-    parse(&two("127.0.0.1:0", "127.0.0.1:0")).expect("port 0 twice is fine");
-    parse(&two("127.0.0.1:2525", "[::1]:2525")).expect("different addresses");
-
-    let admin = format!("[admin]\nbind = \"127.0.0.1:2525\"\n{}", one_listener(BASE));
-    assert_eq!(
-        error(&admin),
-        "listener[l].bind: 127.0.0.1:2525 is also admin.bind; use another address"
-    );
-}
-
-#[test]
-fn upstream_pointing_at_a_listener_is_a_loop() {
-    for (bind, upstream) in [
-        ("127.0.0.1:2525", "127.0.0.1:2525"),
-        ("0.0.0.0:2525", "127.0.0.1:2525"),
-        ("[::]:2525", "[::1]:2525"),
-    ] {
-        let fields = format!("name = \"l\"\nbind = \"{bind}\"\nupstream = \"{upstream}\"");
-        let e = error(&one_listener(&fields));
-        assert!(
-            e.contains("is served by listener[l]: mailbrake would connect to itself"),
-            "{e}"
-        );
-    }
-}
-
-#[test]
-fn trusted_networks_accept_bare_addresses() {
-    let l = listener_ok(&one_listener(&format!(
-        "{BASE}\nproxy_protocol_trusted = [\"10.0.0.0/8\", \"192.0.2.1\", \"2001:db8::1\", \
-         \"2001:db8::/32\", \"10.1.2.3/8\"]"
-    )));
-    let want: Vec<IpNet> = [
-        "10.0.0.0/8",
-        "192.0.2.1/32",
-        "2001:db8::1/128",
-        "2001:db8::/32",
-        "10.0.0.0/8",
-    ]
-    .iter()
-    .map(|s| s.parse().expect("net"))
-    .collect();
-    assert_eq!(l.proxy_protocol_trusted, want);
-
-    let errors = errors(&one_listener(&format!(
-        "{BASE}\nproxy_protocol_trusted = [\"10.0.0.0/33\", \"ok.example\", \"192.0.2.1\"]"
-    )));
-    assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert!(errors[0].starts_with("listener[l].proxy_protocol_trusted[0]: \"10.0.0.0/33\""));
-    assert!(errors[1].starts_with("listener[l].proxy_protocol_trusted[1]: \"ok.example\""));
-}
-
-// === names ===
-
-#[test]
-fn listener_names() {
-    for (name_line, want) in [
-        ("", "listener[#1].name: required"),
-        ("name = \"\"", "listener[#1].name: must not be empty"),
-        (
-            "name = \"my listener\"",
-            "listener[#1].name: \"my listener\" is not allowed",
-        ),
-    ] {
-        let e = error(&one_listener(&format!(
-            "{name_line}\nbind = \"127.0.0.1:2525\"\nupstream = \"127.0.0.1:25\""
-        )));
-        assert!(e.starts_with(want), "{e}");
-    }
-}
-
-// === certificates ===
-
-#[test]
-fn tls_requires_readable_cert_and_key() {
-    let files = Files::new();
-    let missing = files.dir.path().join("certs/nope.pem");
-    for (fields, want) in [
-        (
-            "tls = \"implicit\"".to_owned(),
-            vec![
-                "listener[l].cert: required when tls is not \"none\"",
-                "listener[l].key: required when tls is not \"none\"",
-            ],
-        ),
-        (
-            files.rebase("tls = \"starttls\"\ncert = \"certs/mail.pem\""),
-            vec!["listener[l].key: required"],
-        ),
-        (
-            files.rebase(&format!(
-                "tls = \"starttls\"\ncert = \"{}\"\nkey = \"certs/mail.key\"",
-                missing.display()
-            )),
-            vec!["listener[l].cert: cannot read "],
-        ),
-        (
-            files.rebase(&format!(
-                "tls = \"starttls\"\ncert = \"{}\"\nkey = \"certs/mail.key\"",
-                files.dir.path().display()
-            )),
-            vec!["is not a regular file"],
-        ),
-        (
-            files.rebase(
-                "tls = \"starttls\"\ncert = \"certs/mail.pem\"\nkey = \"certs/mail.key\"\n\
-                 extra_certs = [{ cert = \"certs/other.pem\" }, { cert = \"\", key = \"certs/other.key\" }]",
-            ),
-            vec![
-                "listener[l].extra_certs[0].key: required",
-                "listener[l].extra_certs[1].cert: must not be empty",
-            ],
-        ),
-    ] {
-        let errors = errors(&one_listener(&format!("{BASE}\n{fields}")));
-        assert_eq!(errors.len(), want.len(), "{errors:#?}");
-        for (got, want) in errors.iter().zip(want) {
-            assert!(got.starts_with(want) || got.contains(want), "got {got:?}, want {want:?}");
-        }
-    }
-}
-
-#[test]
-fn extra_certs_follow_the_default_pair() {
-    let files = Files::new();
-    let l = listener_ok(&one_listener(&files.rebase(&format!(
-        "{BASE}\ntls = \"starttls\"\ncert = \"certs/mail.pem\"\nkey = \"certs/mail.key\"\n\
-         extra_certs = [{{ cert = \"certs/other.pem\", key = \"certs/other.key\" }}]"
-    ))));
-    assert_eq!(
-        l.certs,
-        [
-            CertPair {
-                cert: files.cert("mail.pem"),
-                key: files.cert("mail.key")
-            },
-            CertPair {
-                cert: files.cert("other.pem"),
-                key: files.cert("other.key")
-            },
-        ]
-    );
-}
-
-#[test]
-fn certs_are_ignored_without_tls() {
-    let l = listener_ok(&one_listener(&format!(
-        "{BASE}\ntls = \"none\"\ncert = \"/nonexistent/mail.pem\"\n\
-         extra_certs = [{{ cert = \"/nonexistent/a.pem\", key = \"/nonexistent/a.key\" }}]"
-    )));
-    assert!(l.certs.is_empty());
-}
-
-// === upstream TLS options ===
-
-#[test]
-fn upstream_tls_options_need_upstream_tls() {
-    let files = Files::new();
-    let ca = files.cert("internal-ca.pem");
-    let options = format!(
-        "upstream_ca = \"{}\"\nupstream_tls_name = \"mta.internal\"",
-        ca.display()
-    );
-
-    let errors = errors(&one_listener(&format!("{BASE}\n{options}")));
-    assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert!(
-        errors[0]
-            .starts_with("listener[l].upstream_ca: has no effect with upstream_tls = \"none\"")
-    );
-    assert!(errors[1].starts_with("listener[l].upstream_tls_name: has no effect"));
-
-    let l = listener_ok(&one_listener(&format!(
-        "{BASE}\nupstream_tls = \"opportunistic\"\nupstream_tls_verify = false\n{options}"
-    )));
-    assert_eq!(l.upstream_ca, Some(ca));
-    assert_eq!(l.upstream_tls_name.as_deref(), Some("mta.internal"));
-    assert!(!l.upstream_tls_verify);
-
-    let e = error(&one_listener(&format!(
-        "{BASE}\nupstream_tls = \"implicit\"\nupstream_ca = \"/nonexistent/ca.pem\""
-    )));
-    assert!(
-        e.starts_with("listener[l].upstream_ca: cannot read /nonexistent/ca.pem: "),
-        "{e}"
-    );
-
-    let e = error(&one_listener(&format!(
-        "{BASE}\nupstream_tls = \"implicit\"\nupstream_tls_name = \"not a name\""
-    )));
-    assert!(
-        e.starts_with("listener[l].upstream_tls_name: \"not a name\" is neither"),
-        "{e}"
-    );
 }
 
 // === numbers and durations ===
