@@ -16,12 +16,15 @@ use tokio_util::sync::CancellationToken;
 pub struct Workers {
     handles: Vec<Handle>,
     stop: CancellationToken,
+    /// One message from each thread as it ends.
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl Workers {
     /// Starts `n` session threads.
     pub fn start(n: usize) -> std::io::Result<Workers> {
         let stop = CancellationToken::new();
+        let (ends, ended) = std::sync::mpsc::channel();
         let mut handles = Vec::with_capacity(n);
         for i in 0..n {
             // Log lines are written when the thread goes idle (logbuf).
@@ -30,7 +33,7 @@ impl Workers {
                 .on_thread_park(crate::logbuf::flush)
                 .build()?;
             handles.push(runtime.handle().clone());
-            let stopped = stop.clone();
+            let (stopped, ends) = (stop.clone(), ends.clone());
             std::thread::Builder::new()
                 .name(format!("mailbrake-sessions-{i}"))
                 .spawn(move || {
@@ -39,9 +42,14 @@ impl Workers {
                     // Sessions still on it are dropped (and may log) first.
                     drop(runtime);
                     crate::logbuf::flush();
+                    let _ = ends.send(());
                 })?;
         }
-        Ok(Workers { handles, stop })
+        Ok(Workers {
+            handles,
+            stop,
+            ended,
+        })
     }
 
     /// One handle per thread, to spawn its accept loops on.
@@ -52,9 +60,19 @@ impl Workers {
 
 impl Drop for Workers {
     /// The threads end (dropping any session still on them) once the main
-    /// runtime no longer waits for sessions.
+    /// runtime no longer waits for sessions; their last log lines are
+    /// written before the process exits (a second at most per thread).
     fn drop(&mut self) {
         self.stop.cancel();
+        for _ in &self.handles {
+            if self
+                .ended
+                .recv_timeout(std::time::Duration::from_secs(1))
+                .is_err()
+            {
+                break;
+            }
+        }
     }
 }
 
