@@ -452,6 +452,8 @@ async fn accept_loop(
     // This thread's own node of the token: its sessions wait on it without
     // contending with other threads' sessions for the shared one's lock.
     let stop = stop.child_token();
+    // While out of descriptors every accept fails: say so once a second.
+    let mut failing_since: Option<(std::time::Instant, u64)> = None;
     loop {
         let accepted = tokio::select! {
             biased; // after SIGTERM, accept nothing more
@@ -459,11 +461,26 @@ async fn accept_loop(
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                if let Some((_, failures)) = failing_since.take() {
+                    tracing::info!(failures, "accepting again");
+                }
+                a
+            }
             Err(e) => {
                 // Out of file descriptors and the like: do not spin. The
                 // connection waits in the backlog until a session ends.
-                tracing::error!(error = %e, "accept failed");
+                let now = std::time::Instant::now();
+                match &mut failing_since {
+                    Some((last, failures)) if now.duration_since(*last).as_secs() < 1 => {
+                        *failures += 1;
+                    }
+                    _ => {
+                        let failures = failing_since.map_or(1, |(_, n)| n + 1);
+                        tracing::error!(error = %e, failures, "accept failed; retrying every 50 ms");
+                        failing_since = Some((now, failures));
+                    }
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

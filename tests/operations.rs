@@ -125,24 +125,8 @@ async fn out_of_open_files_is_a_clear_421_and_passes() {
     let admin = admin_addr(&mut mb);
 
     // Room for exactly three sessions (two descriptors each) and the client
-    // side of a fourth: its upstream connection is what fails. The limit
-    // bounds descriptor numbers, so count the free numbers below it.
-    let pid = mb.child.id();
-    let open: std::collections::BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
-        .collect();
-    let limit = (0..).filter(|fd| !open.contains(fd)).nth(3 * 2).unwrap() + 1;
-    let status = Command::new("prlimit")
-        .args([
-            "--pid",
-            &pid.to_string(),
-            &format!("--nofile={limit}:{limit}"),
-        ])
-        .status()
-        .expect("prlimit (util-linux) is needed");
-    assert!(status.success());
-
+    // side of a fourth: its upstream connection is what fails.
+    leave_open_files(&mb, 3 * 2 + 1);
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut c = Raw::connect(addr).await;
@@ -172,6 +156,52 @@ async fn out_of_open_files_is_a_clear_421_and_passes() {
         s[r#"mailbrake_connections_refused_total{listener="l",reason="out_of_files"}"#],
         1.0
     );
+}
+
+/// Lowers a running mailbrake's open-file limit so that exactly `free`
+/// descriptors are left. The limit bounds descriptor numbers, so count the
+/// free numbers below it.
+fn leave_open_files(mb: &Mailbrake, free: usize) {
+    let pid = mb.child.id();
+    let open: std::collections::BTreeSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    let limit = (0..).filter(|fd| !open.contains(fd)).nth(free - 1).unwrap() + 1;
+    let status = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit (util-linux) is needed");
+    assert!(status.success());
+}
+
+/// With no descriptor left, a new connection waits in the listen queue
+/// (mailbrake retries, logging once a second) and is served as soon as a
+/// session ends.
+#[tokio::test]
+async fn out_of_open_files_at_accept_waits_then_serves() {
+    let up = Upstream::start(Opts::default()).await;
+    let (cfg, addr) = one_listener(up.addr, "", "");
+    let mut mb = Mailbrake::start(&cfg);
+    leave_open_files(&mb, 2 * 2);
+    let mut a = Raw::connect(addr).await;
+    greet(&mut a).await;
+    let mut b = Raw::connect(addr).await;
+    greet(&mut b).await;
+
+    let mut waiting = Raw::connect(addr).await;
+    let line = mb.wait_log("accept failed");
+    assert!(line.contains("Too many open files"), "{line}");
+    quit(&mut a).await;
+    expect(&waiting.reply().await.expect("never greeted"), "220 ");
+    mb.wait_log("accepting again");
+    expect(&waiting.cmd("EHLO client.test").await, "250");
+    quit(&mut waiting).await;
+    quit(&mut b).await;
 }
 
 /// A config whose hostname is `host`, at most three commands outside a

@@ -291,7 +291,7 @@ fn several_errors_are_reported_together() {
         [server]\n\
         drain_timeout = \"soon\"\n\
         log_format = \"xml\"\n\
-        threads = 0\n\
+        threads = 5000\n\
         [session]\n\
         max_line_length = 100\n\
         [timeouts]\n\
@@ -310,7 +310,7 @@ fn several_errors_are_reported_together() {
     let expected = [
         "server.drain_timeout: \"soon\" is not a duration",
         "server.log_format: \"xml\" is not allowed; use one of \"text\", \"json\"",
-        "server.threads: 0 is too small; give at least 1 (threads)",
+        "server.threads: 5000 is too many; give at most 1024",
         "session.max_line_length: 100 is too small; give at least 512",
         "timeouts.connect: must not be zero",
         "listener[a].bind: \"localhost:25\" is not an IP:PORT address",

@@ -29,6 +29,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/mailbrake";
 const FALLBACK_HOSTNAME: &str = "localhost";
 /// Default `server.drain_timeout`.
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest `server.threads`: far more than CPUs only costs memory.
+const MAX_THREADS: usize = 1024;
 /// Smallest `session.max_line_length`: RFC 5321 4.5.3.1.4, 512 octets with CRLF.
 const MIN_LINE_LENGTH: usize = 512;
 /// Smallest `session.max_reply_bytes`: RFC 5321 4.5.3.1.5, one 512-octet reply line.
@@ -215,7 +217,16 @@ fn server(p: &mut Problems, raw: RawServer) -> Option<ServerConfig> {
         LOG_FORMATS,
     );
     let cpus = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
-    let threads = count(p, "server.threads", raw.threads, cpus, 1, "threads");
+    let threads = count(p, "server.threads", raw.threads, cpus, 1, "threads").and_then(|n| {
+        let ok = n.get() <= MAX_THREADS;
+        if !ok {
+            p.add(
+                "server.threads",
+                format!("{n} is too many; give at most {MAX_THREADS} (one per CPU is the default)"),
+            );
+        }
+        ok.then_some(n)
+    });
     Some(ServerConfig {
         hostname: hostname?,
         drain_timeout: drain_timeout?,
