@@ -302,15 +302,7 @@ where
         Action::ToClient(_) | Action::ToUpstream(_) => unreachable!("gathered by the caller"),
         Action::StartClientTls => {
             let result = match &env.server_tls {
-                Some(cfg) => {
-                    let r = handshake(Box::pin(client.accept_tls(cfg.clone())), env.tls_handshake)
-                        .await;
-                    m::tls_handshake("client", r.as_ref().ok().map(|i| i.version));
-                    r.map(|info| {
-                        tracing::Span::current().record("tls", info.version);
-                        tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
-                    })
-                }
+                Some(cfg) => secure_client(client, cfg.clone(), env.tls_handshake).await,
                 None => Err("no certificate configured".to_string()),
             };
             pending.extend(session.on_client_tls(result, now()));
@@ -318,15 +310,7 @@ where
         Action::StartUpstreamTls => {
             let result = match &env.upstream_tls {
                 Some((cfg, name)) => {
-                    let r = handshake(
-                        Box::pin(upstream.connect_tls(cfg.clone(), name.clone())),
-                        env.tls_handshake,
-                    )
-                    .await;
-                    m::tls_handshake("upstream", r.as_ref().ok().map(|i| i.version));
-                    r.map(|info| {
-                        tracing::info!(version = info.version, "upstream TLS established");
-                    })
+                    secure_upstream(upstream, cfg.clone(), name.clone(), env.tls_handshake).await
                 }
                 None => Err("upstream TLS not configured".to_string()),
             };
@@ -390,6 +374,34 @@ async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
             format!("no progress within {limit:?}"),
         ))
     })
+}
+
+/// TLS as server on the client leg (implicit TLS, or after STARTTLS) within
+/// `limit`: counted, and noted in the session's span and log.
+pub async fn secure_client<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Leg<C>,
+    cfg: Arc<rustls::ServerConfig>,
+    limit: Duration,
+) -> Result<(), String> {
+    let r = handshake(Box::pin(client.accept_tls(cfg)), limit).await;
+    m::tls_handshake("client", r.as_ref().ok().map(|i| i.version));
+    r.map(|info| {
+        tracing::Span::current().record("tls", info.version);
+        tracing::info!(version = info.version, sni = ?info.sni, "client TLS established");
+    })
+}
+
+/// TLS as client on the upstream leg (implicit TLS, or after STARTTLS)
+/// within `limit`: counted and logged.
+pub async fn secure_upstream<U: AsyncRead + AsyncWrite + Unpin>(
+    upstream: &mut Leg<U>,
+    cfg: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    limit: Duration,
+) -> Result<(), String> {
+    let r = handshake(Box::pin(upstream.connect_tls(cfg, name)), limit).await;
+    m::tls_handshake("upstream", r.as_ref().ok().map(|i| i.version));
+    r.map(|info| tracing::info!(version = info.version, "upstream TLS established"))
 }
 
 async fn handshake<F, T>(fut: F, limit: Duration) -> Result<T, String>

@@ -671,23 +671,8 @@ async fn serve(
         let Some(cfg) = rt.server_tls.clone() else {
             return;
         };
-        let shake =
-            tokio::time::timeout(rt.tls_handshake, Box::pin(client_leg.accept_tls(cfg))).await;
-        m::tls_handshake(
-            "client",
-            shake
-                .as_ref()
-                .ok()
-                .and_then(|r| r.as_ref().ok())
-                .map(|i| i.version),
-        );
-        match shake {
-            Ok(Ok(info)) => {
-                tracing::Span::current().record("tls", info.version);
-                tracing::info!(version = info.version, sni = ?info.sni, "client TLS established")
-            }
-            Ok(Err(e)) => return tracing::info!(error = %e, "client TLS handshake failed"),
-            Err(_) => return tracing::info!("client TLS handshake timed out"),
+        if let Err(e) = driver::secure_client(&mut client_leg, cfg, rt.tls_handshake).await {
+            return tracing::info!(error = %e, "client TLS handshake failed");
         }
     }
     tracing::info!(upstream = %dest, client = %client.0, "session start");
@@ -733,26 +718,9 @@ async fn serve(
         let Some((cfg, name)) = env.upstream_tls.clone() else {
             return;
         };
-        let shake =
-            tokio::time::timeout(rt.tls_handshake, Box::pin(up_leg.connect_tls(cfg, name))).await;
-        m::tls_handshake(
-            "upstream",
-            shake
-                .as_ref()
-                .ok()
-                .and_then(|r| r.as_ref().ok())
-                .map(|i| i.version),
-        );
-        match shake {
-            Ok(Ok(info)) => tracing::info!(version = info.version, "upstream TLS established"),
-            Ok(Err(e)) => {
-                let f = Failure::UpstreamTls(e.to_string());
-                return finish_early(client_leg, &f, &host, &rt.metrics).await;
-            }
-            Err(_) => {
-                let f = Failure::UpstreamTls("handshake timed out".into());
-                return finish_early(client_leg, &f, &host, &rt.metrics).await;
-            }
+        if let Err(e) = driver::secure_upstream(&mut up_leg, cfg, name, rt.tls_handshake).await {
+            let f = Failure::UpstreamTls(e);
+            return finish_early(client_leg, &f, &host, &rt.metrics).await;
         }
     }
     let now = tokio::time::Instant::now().into_std();
