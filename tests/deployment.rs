@@ -63,30 +63,6 @@ impl Netns {
         output(&all)
     }
 
-    /// A recording upstream inside the namespace, with `opts` (bound at `bind`).
-    fn upstream_with(&self, bind: &str, opts: Opts) -> Upstream {
-        let path = format!("/run/netns/{}", self.name);
-        let opts = Opts {
-            bind: Some(bind.parse().unwrap()),
-            ..opts
-        };
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // Sockets created by this thread from now on live in the namespace.
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                tx.send(Upstream::start(opts).await).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
-    }
-
     /// Sends one message from `from` with python's smtplib, as `uid`, to
     /// `host`:`port`, logging in first if `login` ("user:password") is not
     /// empty. Returns whether it worked, and its output.

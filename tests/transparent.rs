@@ -40,27 +40,10 @@ async fn redirect_v4_v6_and_v4_mapped_reach_the_original_destination() {
     require_root_and_tools();
     let ns = Netns::new("mbtest");
     // Non-root traffic to port 25 goes to mailbrake; mailbrake (root) dials out unredirected.
-    let catch = [
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "0",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-    ];
-    let rule = |tool: &str, dst: &str, port: &str| {
-        let mut args = vec![
-            tool, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst, "--dport", "25",
-        ];
-        args.extend_from_slice(&catch);
-        args.push(port);
-        ns.exec(&args);
-    };
-    rule("iptables", "127.0.0.2", "10025"); // IPv4 listener
-    rule("iptables", "127.0.0.3", "10026"); // IPv4 client on the dual-stack listener: v4-mapped
-    rule("ip6tables", "::1", "10026"); // IPv6
+    let root = Some("0");
+    ns.redirect_port_25("iptables", "127.0.0.2", root, "10025"); // IPv4 listener
+    ns.redirect_port_25("iptables", "127.0.0.3", root, "10026"); // IPv4 client on the dual-stack listener: v4-mapped
+    ns.redirect_port_25("ip6tables", "::1", root, "10026"); // IPv6
 
     let mut up4 = ns.upstream("0.0.0.0:25");
     let mut up6 = ns.upstream("[::1]:25");
@@ -115,23 +98,7 @@ async fn a_rule_that_catches_mailbrake_itself_is_refused_as_a_loop() {
     require_root_and_tools();
     let ns = Netns::new("mbloop");
     // No owner match: every connection to 127.0.0.2:25, mailbrake's included.
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.2",
-        "--dport",
-        "25",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "10025",
-    ]);
+    ns.redirect_port_25("iptables", "127.0.0.2", None, "10025");
     let dir = tempfile::tempdir().unwrap();
     let cfg = base_config(dir.path())
         + "[[listener]]\nname = \"v4\"\nbind = \"127.0.0.1:10025\"\ntls = \"none\"\nupstream = \"original-destination\"\n";

@@ -77,28 +77,7 @@ async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
     let ns = Netns::new("mbuids");
     // Non-root traffic to 127.0.0.2:25 goes to mailbrake; mailbrake (root)
     // dials the original destination unredirected.
-    ns.exec(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.2",
-        "--dport",
-        "25",
-        "-m",
-        "owner",
-        "!",
-        "--uid-owner",
-        "0",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "10025",
-    ]);
+    ns.redirect_port_25("iptables", "127.0.0.2", Some("0"), "10025");
     let mut up = ns.upstream("0.0.0.0:25");
 
     let dir = tempfile::tempdir().unwrap();

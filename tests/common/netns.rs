@@ -43,10 +43,31 @@ impl Netns {
         vec!["ip", "netns", "exec", &self.name]
     }
 
+    /// A NAT OUTPUT rule (`tool`: iptables or ip6tables): TCP to `dst` port
+    /// 25 is redirected to `to_port`, except from uid `spared` when given.
+    pub fn redirect_port_25(&self, tool: &str, dst: &str, spared: Option<&str>, to_port: &str) {
+        let mut args = vec![
+            tool, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", dst, "--dport", "25",
+        ];
+        if let Some(uid) = spared {
+            args.extend_from_slice(&["-m", "owner", "!", "--uid-owner", uid]);
+        }
+        args.extend_from_slice(&["-j", "REDIRECT", "--to-ports", to_port]);
+        self.exec(&args);
+    }
+
     /// Starts a recording upstream inside the namespace, on `bind`.
     pub fn upstream(&self, bind: &str) -> Upstream {
+        self.upstream_with(bind, Opts::default())
+    }
+
+    /// A recording upstream inside the namespace, with `opts` (bound at `bind`).
+    pub fn upstream_with(&self, bind: &str, opts: Opts) -> Upstream {
         let path = format!("/run/netns/{}", self.name);
-        let bind = bind.parse().unwrap();
+        let opts = Opts {
+            bind: Some(bind.parse().unwrap()),
+            ..opts
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let ns = std::fs::File::open(&path).unwrap();
@@ -57,12 +78,7 @@ impl Netns {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let up = Upstream::start(Opts {
-                    bind: Some(bind),
-                    ..Opts::default()
-                })
-                .await;
-                tx.send(up).unwrap();
+                tx.send(Upstream::start(opts).await).unwrap();
                 std::future::pending::<()>().await;
             });
         });
