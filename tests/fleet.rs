@@ -129,16 +129,7 @@ async fn send(port: u16, user: &str, n: usize) -> Vec<String> {
     let mut c = Raw::greeted(port).await;
     let blob = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0secret"));
     expect(&c.cmd(&format!("AUTH PLAIN {blob}")).await, "235");
-    let mut batch = String::from("MAIL FROM:<s@example.com>\r\n");
-    for i in 0..n {
-        batch.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
-    }
-    c.send(batch.as_bytes()).await;
-    expect(&c.reply().await.unwrap(), "250");
-    let mut replies = Vec::new();
-    for _ in 0..n {
-        replies.push(c.reply().await.unwrap());
-    }
+    let replies = c.recipients(n).await;
     if replies.iter().any(|r| r.starts_with("250")) {
         expect(&c.cmd("DATA").await, "354");
         c.send(b"Subject: f\r\n\r\nhi\r\n.\r\n").await;

@@ -30,21 +30,6 @@ async fn login(port: u16, user: &str, password: &str) -> (Raw, String) {
     (c, reply)
 }
 
-/// MAIL, `n` RCPTs pipelined; the RCPT replies.
-async fn recipients(c: &mut Raw, n: usize) -> Vec<String> {
-    let mut batch = String::from("MAIL FROM:<sender@example.com>\r\n");
-    for i in 0..n {
-        batch.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
-    }
-    c.send(batch.as_bytes()).await;
-    expect(&c.reply().await.unwrap(), "250");
-    let mut out = Vec::new();
-    for _ in 0..n {
-        out.push(c.reply().await.unwrap());
-    }
-    out
-}
-
 async fn send_data(c: &mut Raw) {
     expect(&c.cmd("DATA").await, "354");
     c.send(b"Subject: m\r\n\r\nhi\r\n.\r\n").await;
@@ -57,7 +42,7 @@ async fn traffic(port: u16, up: &mut Upstream) {
     // alice: two recipients, one message.
     let (mut alice, reply) = login(port, "alice", "secret").await;
     expect(&reply, "235");
-    let r = recipients(&mut alice, 2).await;
+    let r = alice.recipients(2).await;
     assert!(r.iter().all(|r| r.starts_with("250")), "{r:?}");
     send_data(&mut alice).await;
     up.next_message().await;
@@ -72,7 +57,7 @@ async fn traffic(port: u16, up: &mut Upstream) {
     // refusal (more than 2) locks her; a 7th recipient meets the lock.
     let (mut carol, reply) = login(port, "carol", "secret").await;
     expect(&reply, "235");
-    let r = recipients(&mut carol, 6).await;
+    let r = carol.recipients(6).await;
     assert_eq!(
         r.iter().filter(|r| r.starts_with("250")).count(),
         3,
@@ -87,7 +72,7 @@ async fn traffic(port: u16, up: &mut Upstream) {
     );
     send_data(&mut carol).await;
     up.next_message().await;
-    let r = recipients(&mut carol, 1).await;
+    let r = carol.recipients(1).await;
     assert!(
         r[0].starts_with("450 4.7.1 Sender auth:carol is locked"),
         "{r:?}"

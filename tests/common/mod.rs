@@ -283,6 +283,22 @@ impl Raw {
         }
     }
 
+    /// Pipelines MAIL and `n` RCPTs (`r0@example.net`, …), expects 250 to
+    /// MAIL, and returns the RCPT replies.
+    pub async fn recipients(&mut self, n: usize) -> Vec<String> {
+        let mut batch = String::from("MAIL FROM:<sender@example.com>\r\n");
+        for i in 0..n {
+            batch.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
+        }
+        self.send(batch.as_bytes()).await;
+        expect(&self.reply().await.unwrap(), "250");
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.reply().await.unwrap());
+        }
+        out
+    }
+
     pub async fn connect_tls(addr: SocketAddr, client: Arc<rustls::ClientConfig>) -> Raw {
         let mut r = Raw::connect(addr).await;
         r.tls(client).await;
