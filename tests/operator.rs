@@ -43,6 +43,11 @@ fn change(reason: &str) -> Value {
     json!({"reason": reason, "who": "ops-test"})
 }
 
+/// A change to a sender through the API (no token: loopback), for `reason`.
+async fn change_sender(admin: SocketAddr, method: &str, path: &str, reason: &str) -> (u16, Value) {
+    call(admin, method, path, Some(change(reason)), None).await
+}
+
 /// A mailbrake with `12/1h`, plain AUTH, and the recording upstream.
 struct Rig {
     mb: Mailbrake,
@@ -137,72 +142,50 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Exempt: no limit.
-    let (code, _) = call(
-        r.admin,
-        "POST",
-        &format!("{ALICE}/exempt"),
-        Some(change("mailing list")),
-        None,
-    )
-    .await;
+    let (code, _) =
+        change_sender(r.admin, "POST", &format!("{ALICE}/exempt"), "mailing list").await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 10).await, 10);
     let (_, body) = call(r.admin, "GET", ALICE, None, None).await;
     assert_eq!(body["limit"]["source"], "exempt");
 
     // Clear: back to the default, with 6 counted in the window.
-    let (code, _) = call(
+    let (code, _) = change_sender(
         r.admin,
         "DELETE",
         &format!("{ALICE}/override"),
-        Some(change("list moved")),
-        None,
+        "list moved",
     )
     .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 1).await, 0);
 
     // Reset: the window is forgotten.
-    let (code, _) = call(
-        r.admin,
-        "POST",
-        &format!("{ALICE}/reset"),
-        Some(change("cleaned up")),
-        None,
-    )
-    .await;
+    let (code, _) = change_sender(r.admin, "POST", &format!("{ALICE}/reset"), "cleaned up").await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Lock, then unlock.
-    let (code, _) = call(
+    let (code, _) = change_sender(
         r.admin,
         "POST",
         "/api/senders/auth%3Abob/lock",
-        Some(change("abuse report")),
-        None,
+        "abuse report",
     )
     .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 0);
-    let (code, _) = call(
+    let (code, _) = change_sender(
         r.admin,
         "POST",
         "/api/senders/auth%3Abob/unlock",
-        Some(change("customer fixed it")),
-        None,
+        "customer fixed it",
     )
     .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 1);
-    let (code, body) = call(
-        r.admin,
-        "POST",
-        "/api/senders/auth%3Abob/unlock",
-        Some(change("again")),
-        None,
-    )
-    .await;
+    let (code, body) =
+        change_sender(r.admin, "POST", "/api/senders/auth%3Abob/unlock", "again").await;
     assert_eq!(code, 409, "unlocking a sender that is not locked: {body}");
 
     // Every change is in the audit trail, newest first, with who and why.
