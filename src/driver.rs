@@ -148,6 +148,24 @@ async fn run<C, U>(
                     *to_upstream += bytes.len() as u64;
                     out.upstream.push(bytes);
                 }
+                // The policy's part needs nothing written first.
+                policy_action @ (Action::CheckRcpt(_)
+                | Action::Tx(_)
+                | Action::CheckAuth(_)
+                | Action::AuthResult { .. }) => {
+                    let go_on = act(
+                        policy_action,
+                        session,
+                        client,
+                        upstream,
+                        policy,
+                        env,
+                        &mut pending,
+                    );
+                    if !go_on.await {
+                        return;
+                    }
+                }
                 other => {
                     match out.send(client, upstream, env).await {
                         Sent::Ok => {}
@@ -323,7 +341,7 @@ where
         Action::Tx(event) => {
             if let TxEvent::End {
                 delivered,
-                message: Some(info),
+                message: info,
             } = event
             {
                 let metrics = &env.metrics;

@@ -96,7 +96,7 @@ impl Enforcer {
         remote: Arc<dyn Remote>,
     ) -> Verdict {
         let Some(key) = self.key_for(check) else {
-            return Verdict::Accept;
+            return no_key();
         };
         let class = key.class().as_str();
         let count = |outcome: &'static str, decision: &'static str| {
@@ -181,7 +181,7 @@ impl Enforcer {
     /// Decides one recipient with this process's own engine.
     fn check_local(&mut self, check: &RcptCheck) -> Verdict {
         let Some(key) = self.key_for(check) else {
-            return Verdict::Accept;
+            return no_key();
         };
         let mail_from = check
             .first_in_transaction
@@ -263,9 +263,20 @@ impl SessionPolicy for Enforcer {
     fn on_tx(&mut self, event: TxEvent) {
         match event {
             TxEvent::RcptReply { accepted } => self.ledger.rcpt_reply(accepted),
-            TxEvent::End { delivered, .. } => self.ledger.transaction_end(delivered),
+            TxEvent::EndSent => self.ledger.end_sent(),
+            TxEvent::End { delivered, .. } => self.ledger.end_reply(delivered),
+            TxEvent::Reset => self.ledger.reset(),
         }
     }
+}
+
+/// A session always has an address, so always a key; were it ever without
+/// one, nothing would count its recipients, so none is accepted.
+fn no_key() -> Verdict {
+    tracing::error!("no sender key for this session; recipient deferred");
+    Verdict::Refuse(
+        "451 4.3.0 Recipient limits are temporarily unavailable; try again later".into(),
+    )
 }
 
 /// The reply line for a refused recipient: it names the key, the limit and

@@ -1,8 +1,19 @@
-//! One session's reservations. Recipients are reserved before their RCPT
-//! is forwarded; the upstream's replies arrive in order, so each RCPT reply
-//! settles the oldest reservation still waiting for one. A transaction's end
-//! commits (delivered) or releases (anything else) what it holds; a session
-//! that goes away releases everything it still holds.
+//! One session's reservations, following the upstream's state.
+//!
+//! A recipient is reserved before its RCPT is forwarded. The session reports,
+//! in the order the upstream answered, what became of each forwarded RCPT
+//! and each end of message ([`TxEvent`](crate::session::TxEvent)); replies
+//! come in the order commands were sent, so each one settles the oldest step
+//! still waiting for it and nothing else:
+//!
+//! - a RCPT the upstream refused is released; one it accepted joins the
+//!   upstream's open transaction;
+//! - an end of message the upstream accepted commits that transaction, one
+//!   it refused releases it (either way the upstream has cleared it);
+//! - a RSET, EHLO or HELO the upstream accepted releases it;
+//! - when the session goes away, whatever an end of message already sent
+//!   may have delivered counts as sent (the upstream may have queued it
+//!   before the connection went), and the rest is released.
 //!
 //! A reservation is held by this process's engine, or elsewhere (a fleet's
 //! Redis, settled in the background through [`Remote`]), or nowhere (an
@@ -31,60 +42,87 @@ enum Held {
     Uncounted(SenderKey),
 }
 
+/// A command sent upstream whose reply decides reservations.
+enum Step {
+    Rcpt(Held),
+    End,
+}
+
 pub struct Ledger {
     limiter: Arc<Limiter>,
-    /// Reservations of forwarded RCPTs whose reply has not come yet.
-    awaiting: VecDeque<Held>,
-    /// Reservations of RCPTs the upstream accepted in the open transaction.
-    held: Vec<Held>,
+    /// Forwarded RCPTs and ends of message without their reply, in the order sent.
+    unanswered: VecDeque<Step>,
+    /// Recipients the upstream accepted in its open transaction.
+    accepted: Vec<Held>,
 }
 
 impl Ledger {
     pub fn new(limiter: Arc<Limiter>) -> Self {
         Ledger {
             limiter,
-            awaiting: VecDeque::new(),
-            held: Vec::new(),
+            unanswered: VecDeque::new(),
+            accepted: Vec::new(),
         }
     }
 
     /// A RCPT reserved in this process's engine was forwarded.
     pub fn forwarded(&mut self, r: Reservation) {
-        self.awaiting.push_back(Held::Local(r));
+        self.unanswered.push_back(Step::Rcpt(Held::Local(r)));
     }
 
     /// A RCPT reserved elsewhere (as `id`) was forwarded.
     pub fn forwarded_remote(&mut self, key: SenderKey, id: String, remote: Arc<dyn Remote>) {
-        self.awaiting.push_back(Held::Remote { key, id, remote });
+        self.unanswered
+            .push_back(Step::Rcpt(Held::Remote { key, id, remote }));
     }
 
     /// A RCPT forwarded without any reservation.
     pub fn forwarded_uncounted(&mut self, key: SenderKey) {
-        self.awaiting.push_back(Held::Uncounted(key));
+        self.unanswered.push_back(Step::Rcpt(Held::Uncounted(key)));
+    }
+
+    /// An end of message (end of data, last BDAT) was sent.
+    pub fn end_sent(&mut self) {
+        self.unanswered.push_back(Step::End);
     }
 
     /// The upstream answered the oldest forwarded RCPT.
     pub fn rcpt_reply(&mut self, accepted: bool) {
-        if let Some(h) = self.awaiting.pop_front() {
-            if accepted {
-                self.held.push(h);
-            } else {
-                self.settle(h, false);
-            }
+        match self.unanswered.pop_front() {
+            Some(Step::Rcpt(h)) if accepted => self.accepted.push(h),
+            Some(Step::Rcpt(h)) => self.settle(h, false),
+            other => self.out_of_step("a RCPT reply", other),
         }
     }
 
-    /// The transaction ended: sent (`delivered`) or not.
-    pub fn transaction_end(&mut self, delivered: bool) {
-        let held: Vec<Held> = self.held.drain(..).collect();
-        for h in held {
-            self.settle(h, delivered);
+    /// The upstream answered the oldest end of message: the message was
+    /// accepted (`delivered`) or refused. Its transaction is over.
+    pub fn end_reply(&mut self, delivered: bool) {
+        match self.unanswered.pop_front() {
+            Some(Step::End) => self.settle_accepted(delivered),
+            other => self.out_of_step("an end-of-message reply", other),
         }
-        // Replies come in order, so none should still be waiting; if one is,
-        // it was never accepted.
-        let awaiting: Vec<Held> = self.awaiting.drain(..).collect();
-        for h in awaiting {
-            self.settle(h, false);
+    }
+
+    /// The upstream accepted a RSET, EHLO or HELO.
+    pub fn reset(&mut self) {
+        self.settle_accepted(false);
+    }
+
+    /// A reply the session reported does not match the oldest step: a bug.
+    /// Nothing may be let go that the upstream might deliver, so the step
+    /// is put back and everything stays held until the session ends.
+    fn out_of_step(&mut self, what: &str, step: Option<Step>) {
+        tracing::error!("reservations out of step with the upstream: {what} with no step for it");
+        debug_assert!(false, "{what} out of step");
+        if let Some(step) = step {
+            self.unanswered.push_front(step);
+        }
+    }
+
+    fn settle_accepted(&mut self, sent: bool) {
+        for h in std::mem::take(&mut self.accepted) {
+            self.settle(h, sent);
         }
     }
 
@@ -102,9 +140,10 @@ impl Ledger {
         }
     }
 
-    /// Reservations still held (pending ones included).
+    /// Reservations still held (those awaiting a reply included).
     pub fn len(&self) -> usize {
-        self.held.len() + self.awaiting.len()
+        let awaiting = self.unanswered.iter();
+        self.accepted.len() + awaiting.filter(|s| matches!(s, Step::Rcpt(_))).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +152,17 @@ impl Ledger {
 }
 
 impl Drop for Ledger {
+    /// The session is gone, maybe before the upstream answered all it was
+    /// sent. A recipient counts as sent if an end of message sent after it
+    /// is unanswered: the upstream may have delivered it.
     fn drop(&mut self) {
-        self.transaction_end(false);
+        let steps = std::mem::take(&mut self.unanswered);
+        let last_end = steps.iter().rposition(|s| matches!(s, Step::End));
+        self.settle_accepted(last_end.is_some());
+        for (i, step) in steps.into_iter().enumerate() {
+            if let Step::Rcpt(h) = step {
+                self.settle(h, last_end.is_some_and(|end| i < end));
+            }
+        }
     }
 }

@@ -9,7 +9,9 @@ use super::auth::{Mechanism, SaslExchange, Username};
 use super::data::{DataScanner, Scan};
 use super::replies::{self, Failure};
 use super::reply::trim_eol;
-use super::{Action, Expect, Phase, RcptCheck, Session, Then, Transaction, Verdict, xclient};
+use super::{
+    Action, Expect, Phase, RcptCheck, Session, Then, Transaction, TxEvent, Verdict, xclient,
+};
 use crate::config::ClientTls;
 
 impl Session {
@@ -21,6 +23,11 @@ impl Session {
             let rest = &input[pos..];
             let used = match &mut self.phase {
                 Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
+                    Line::Whole(line) if self.must_wait(line) => {
+                        // Decided by a reply still to come; the line stays.
+                        self.held = true;
+                        break;
+                    }
                     Line::Whole(line) => {
                         self.last_client_activity = now;
                         let used = line.len();
@@ -56,7 +63,7 @@ impl Session {
                         let held = scanner.take_held();
                         self.body(held, &rest[..end]);
                         self.phase = Phase::Command;
-                        self.forward(b"", Expect::DataEnd, now);
+                        self.end_message(Expect::DataEnd, now);
                         end
                     }
                     Scan::Smuggling => {
@@ -119,6 +126,26 @@ impl Session {
             }
             None => Line::Incomplete,
         }
+    }
+
+    /// Whether this command line must wait for replies still to come: a MAIL
+    /// behind a MAIL the upstream has not answered (it is nested if that one
+    /// is accepted, and opens a transaction if it is refused).
+    fn must_wait(&self, line: &[u8]) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.confirmed)
+            && matches!(self.phase, Phase::Command)
+            && line.len() >= 4
+            && line[..4].eq_ignore_ascii_case(b"MAIL")
+    }
+
+    /// Forwards the command that ends a message (its bytes already sent when
+    /// `expect` is `DataEnd`): from here on its recipients count as sent,
+    /// unless the upstream is seen to refuse it.
+    fn end_message(&mut self, expect: Expect, now: Instant) {
+        self.queue
+            .push_back(super::Slot::Upstream { expect, since: now });
+        self.ending.push_back(self.tx.take());
+        self.act(Action::Tx(TxEvent::EndSent));
     }
 
     /// Forwards body bytes (DATA or BDAT) to the upstream.
@@ -189,6 +216,12 @@ impl Session {
             self.count_command();
             return;
         }
+        if body.first().is_some_and(u8::is_ascii_whitespace) {
+            // Servers differ on what " EHLO x" is; mailbrake does not guess.
+            self.local(replies::LEADING_SPACE, Then::Nothing);
+            self.count_command();
+            return;
+        }
         let mut parse_buf;
         let parsable: &[u8] = if line.ends_with(b"\r\n") {
             line
@@ -221,31 +254,40 @@ impl Session {
             self.count_command();
             return;
         }
+        // A verb that takes no argument gets none past mailbrake: the
+        // upstream might refuse it (a RSET it refuses keeps its transaction).
+        let verb = match request {
+            Request::Rset => Some("RSET"),
+            Request::Data => Some("DATA"),
+            Request::Quit => Some("QUIT"),
+            Request::StartTls => Some("STARTTLS"),
+            _ => None,
+        };
+        if let Some(verb) = verb
+            && !body[verb.len()..].iter().all(u8::is_ascii_whitespace)
+        {
+            self.local(&replies::no_arguments(verb), Then::Nothing);
+            self.count_command();
+            return;
+        }
         match request {
-            Request::Ehlo { host } | Request::Helo { host } => {
-                let expect = if body[..4].eq_ignore_ascii_case(b"EHLO") {
-                    Expect::Ehlo
-                } else {
-                    Expect::Helo
-                };
-                self.greeted = true;
-                self.helo = Some(host.into_owned());
-                self.tx = None;
-                if self.count_command() {
-                    self.sync = true;
-                    self.send_helo(parsable, expect, now);
-                }
-            }
+            Request::Ehlo { host } => self.on_helo(host.into_owned(), parsable, Expect::Ehlo, now),
+            Request::Helo { host } => self.on_helo(host.into_owned(), parsable, Expect::Helo, now),
             Request::Mail { from } => {
-                self.commands_without_mail = 0;
-                let opens = self.tx.is_none();
-                if opens {
-                    self.tx = Some(Transaction {
-                        mail_from: from.address.into_owned(),
-                        ..Transaction::default()
-                    });
+                if self.tx.is_some() {
+                    // Its MAIL was accepted (`must_wait` saw to that).
+                    self.local(replies::NESTED_MAIL, Then::Nothing);
+                    return;
                 }
-                self.forward(parsable, Expect::Mail { opens }, now);
+                self.commands_without_mail = 0;
+                self.last_tx_id += 1;
+                let id = self.last_tx_id;
+                self.tx = Some(Transaction {
+                    id,
+                    mail_from: from.address.into_owned(),
+                    ..Transaction::default()
+                });
+                self.forward(parsable, Expect::Mail { tx: id }, now);
             }
             Request::Rcpt { to } => {
                 if let Some(tx) = &self.tx {
@@ -257,8 +299,9 @@ impl Session {
                         first_in_transaction: tx.rcpt_forwarded + tx.rcpt_refused_locally == 0,
                     }));
                 } else {
-                    // No transaction: the upstream answers 503 itself.
-                    self.forward(parsable, Expect::Rcpt { checked: false }, now);
+                    // Never forwarded without a transaction and a verdict.
+                    self.local(replies::NEED_MAIL, Then::Nothing);
+                    self.count_command();
                 }
             }
             Request::Data => {
@@ -287,7 +330,11 @@ impl Session {
                 };
                 match refusal {
                     Some(text) => self.local(text, Then::Nothing),
-                    None => self.forward(parsable, Expect::Bdat { last: is_last }, now),
+                    None if is_last => {
+                        self.send_upstream(parsable);
+                        self.end_message(Expect::Bdat { last: true }, now);
+                    }
+                    None => self.forward(parsable, Expect::Bdat { last: false }, now),
                 }
                 if remaining > 0 {
                     self.phase = Phase::Bdat {
@@ -317,6 +364,9 @@ impl Session {
                     replies::STARTTLS_NOT_OFFERED
                 } else if self.client_tls {
                     replies::STARTTLS_ALREADY
+                } else if self.user.is_some() {
+                    // TLS would make mailbrake forget a user the upstream keeps.
+                    replies::STARTTLS_AFTER_AUTH
                 } else if self.tx.is_some() {
                     replies::IN_TRANSACTION
                 } else {
@@ -336,8 +386,13 @@ impl Session {
                 self.sync = true;
                 self.forward(parsable, Expect::Quit, now);
             }
-            Request::Noop { .. }
-            | Request::Vrfy { .. }
+            Request::Noop { .. } => {
+                // Its argument means nothing; the upstream gets none to misread.
+                if self.count_command() {
+                    self.forward(b"NOOP\r\n", Expect::Other, now);
+                }
+            }
+            Request::Vrfy { .. }
             | Request::Expn { .. }
             | Request::Help { .. }
             | Request::Etrn { .. } => {
@@ -349,6 +404,19 @@ impl Session {
                 self.local(replies::NOT_IMPLEMENTED, Then::Nothing);
                 self.count_command();
             }
+        }
+    }
+
+    /// EHLO or HELO: a new start, whose reply says what the upstream offers.
+    fn on_helo(&mut self, host: String, line: &[u8], expect: Expect, now: Instant) {
+        self.greeted = true;
+        self.helo = Some(host);
+        self.tx = None;
+        // Learnt again from the EHLO reply; a HELO session has no BDAT.
+        self.upstream_chunking = false;
+        if self.count_command() {
+            self.sync = true;
+            self.send_helo(line, expect, now);
         }
     }
 
@@ -374,18 +442,24 @@ impl Session {
         self.forward(&command, Expect::Xclient, now);
     }
 
-    /// Applies the policy's verdict to the RCPT line that waited for it.
+    /// Applies the policy's verdict to the RCPT line that waited for it. An
+    /// accepted one is always forwarded, even if its MAIL was refused
+    /// meanwhile: the policy holds a reservation for it, and the upstream's
+    /// reply settles it.
     pub(super) fn apply_rcpt_verdict(&mut self, line: Vec<u8>, verdict: Verdict, now: Instant) {
-        let Some(tx) = &mut self.tx else {
-            return;
-        };
+        let tx = self.tx.as_mut();
+        let id = tx.as_ref().map_or(0, |tx| tx.id);
         match verdict {
             Verdict::Accept => {
-                tx.rcpt_forwarded += 1;
-                self.forward(&line, Expect::Rcpt { checked: true }, now);
+                if let Some(tx) = tx {
+                    tx.rcpt_forwarded += 1;
+                }
+                self.forward(&line, Expect::Rcpt { tx: id }, now);
             }
             Verdict::Refuse(text) => {
-                tx.rcpt_refused_locally += 1;
+                if let Some(tx) = tx {
+                    tx.rcpt_refused_locally += 1;
+                }
                 self.local(&text, Then::Nothing);
             }
         }

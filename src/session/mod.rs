@@ -13,6 +13,14 @@
 //! order. A few commands (EHLO, DATA, AUTH, STARTTLS) change how the bytes
 //! that follow them must be read; after one of those, client input waits
 //! until its reply is known.
+//!
+//! The upstream's replies, not the client's commands, say what became of a
+//! transaction. Every forwarded RCPT carries a verdict; the policy hears, in
+//! the upstream's order, the reply to each of them, each end of message sent
+//! and its reply, and each accepted RSET, EHLO or HELO ([`TxEvent`]). The
+//! session's own idea of the open transaction (`tx`) only decides what it
+//! answers locally (a RCPT without MAIL, a nested MAIL, DATA with no valid
+//! recipient), always in the direction of refusing.
 
 mod auth;
 mod client_side;
@@ -97,19 +105,28 @@ pub struct RcptCheck {
     pub first_in_transaction: bool,
 }
 
-/// What became of the recipients the policy accepted, in the order the
-/// upstream answered (so the policy can match them without ids).
+/// What the upstream made of the commands that decide a transaction, in the
+/// order it answered them, so the policy can follow the upstream's state
+/// without ids. Every RCPT forwarded (each one after an accepting verdict)
+/// gets exactly one `RcptReply`; every end of message forwarded gets one
+/// `EndSent` and, if the upstream answers, one `End`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxEvent {
-    /// The upstream answered the oldest accepted RCPT still unanswered.
+    /// The upstream answered the oldest forwarded RCPT still unanswered.
     RcptReply { accepted: bool },
-    /// The transaction ended: the message was accepted by the upstream
-    /// (`delivered`), or it was reset, refused, or abandoned. `message` when
-    /// the upstream answered an end of data (or a last BDAT).
+    /// An end of data or a last BDAT went to the upstream: from here on the
+    /// recipients before it count as sent unless the upstream refuses it.
+    EndSent,
+    /// The upstream answered the oldest end of message still unanswered:
+    /// accepted (`delivered`) or refused. Either way its transaction is over
+    /// (RFC 5321 4.1.1.4, RFC 3030 2).
     End {
         delivered: bool,
-        message: Option<MessageInfo>,
+        message: MessageInfo,
     },
+    /// The upstream accepted a RSET, EHLO or HELO: the recipients it had
+    /// accepted are gone unsent.
+    Reset,
 }
 
 /// A message whose end the upstream answered.
@@ -163,13 +180,14 @@ enum Expect {
     Xclient,
     Ehlo,
     Helo,
-    /// `opens`: this MAIL started the transaction (a nested one did not).
+    /// The MAIL that opened transaction `tx`.
     Mail {
-        opens: bool,
+        tx: u64,
     },
-    /// `checked`: the policy reserved this recipient.
+    /// A RCPT of transaction `tx` (0: none open when it was sent), with an
+    /// accepting verdict.
     Rcpt {
-        checked: bool,
+        tx: u64,
     },
     Data,
     DataEnd,
@@ -207,9 +225,13 @@ enum Slot {
     Upstream { expect: Expect, since: Instant },
 }
 
-/// The open mail transaction, as seen from the commands sent.
+/// A mail transaction, as seen from the commands sent and their replies.
 #[derive(Debug, Default)]
 struct Transaction {
+    /// From 1, in the order the MAILs were sent.
+    id: u64,
+    /// The upstream accepted its MAIL.
+    confirmed: bool,
     mail_from: String,
     rcpt_forwarded: u32,
     rcpt_refused_locally: u32,
@@ -248,7 +270,14 @@ pub struct Session {
     helo: Option<String>,
     sasl: Option<SaslExchange>,
     user: Option<Username>,
+    /// The transaction the client's commands have opened and not yet ended.
     tx: Option<Transaction>,
+    /// Transactions whose end of message was sent, oldest first, awaiting the
+    /// upstream's reply (`None`: sent with no transaction open).
+    ending: VecDeque<Option<Transaction>>,
+    last_tx_id: u64,
+    /// A command line waits at the front of `inbuf` for a reply that decides it.
+    held: bool,
     commands_without_mail: usize,
     skipping_long_line: bool,
     /// Bytes received after the command line being handled (a DATA refused
@@ -299,6 +328,9 @@ impl Session {
             sasl: None,
             user: None,
             tx: None,
+            ending: VecDeque::new(),
+            last_tx_id: 0,
+            held: false,
             commands_without_mail: 0,
             skipping_long_line: false,
             bytes_after_line: 0,
@@ -484,6 +516,7 @@ impl Session {
 
     fn client_blocked(&self) -> bool {
         self.sync
+            || self.held
             || self.pending_rcpt.is_some()
             || self.pending_auth.is_some()
             || self.pending_helo.is_some()

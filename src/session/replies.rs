@@ -63,6 +63,8 @@ pub enum Failure {
     AuthBlocked,
     #[error("mailbrake is shutting down")]
     ShuttingDown,
+    #[error("the upstream accepted an AUTH {0} whose user mailbrake could not read")]
+    UnknownUser(String),
 }
 
 impl Failure {
@@ -76,7 +78,7 @@ impl Failure {
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
             ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling
-            | ConnectionRate | AuthBlocked => Fault::Client,
+            | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
             UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -117,6 +119,9 @@ impl Failure {
             ConnectionRate => format!(
                 "421 4.7.0 {host} Error: too many connections from your address, try again later"
             ),
+            UnknownUser(_) => {
+                format!("421 4.7.0 {host} Error: cannot tell who authenticated, closing")
+            }
             AuthBlocked => {
                 format!("421 4.7.0 {host} Error: too many failed authentications, try again later")
             }
@@ -145,6 +150,15 @@ pub const NOT_RECOGNIZED: &str = "502 5.5.2 Error: command not recognized";
 pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented";
 pub const LINE_TOO_LONG: &str = "500 5.5.2 Error: line too long";
 pub const BARE_CR: &str = "500 5.5.2 Error: bare <CR> in command";
+pub const LEADING_SPACE: &str = "500 5.5.2 Error: command starts with a space";
+pub const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command";
+pub const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command";
+pub const STARTTLS_AFTER_AUTH: &str = "503 5.5.1 Error: STARTTLS is not allowed after AUTH";
+
+/// The reply for a verb that takes no argument, given one.
+pub fn no_arguments(verb: &str) -> String {
+    format!("501 5.5.4 Syntax: {verb}")
+}
 
 /// The reply for a command smtp-proto could not parse.
 pub fn syntax(err: &smtp_proto::Error) -> String {
@@ -187,6 +201,7 @@ mod tests {
             Failure::ShuttingDown,
             Failure::ConnectionRate,
             Failure::AuthBlocked,
+            Failure::UnknownUser("LOGIN".into()),
         ];
         for f in all {
             let r = f.reply("mb.example").unwrap();

@@ -14,6 +14,8 @@ impl Session {
     /// One whole reply from the upstream.
     pub(super) fn on_reply(&mut self, reply: Reply, now: Instant) {
         self.flush_local();
+        // A line held for a reply is looked at again after each one.
+        self.held = false;
         let (expect, since) = match self.queue.pop_front() {
             Some(Slot::Upstream { expect, since }) => (expect, since),
             other => {
@@ -60,10 +62,9 @@ impl Session {
             }
             Expect::Ehlo => {
                 self.sync = false;
-                self.act(Action::Tx(TxEvent::End {
-                    delivered: false,
-                    message: None,
-                }));
+                if reply.is_positive() {
+                    self.act(Action::Tx(TxEvent::Reset));
+                }
                 if reply.code == 250 {
                     self.upstream_chunking = reply
                         .texts()
@@ -78,36 +79,32 @@ impl Session {
             }
             Expect::Helo | Expect::Quit => {
                 self.sync = false;
-                if expect == Expect::Helo {
-                    self.act(Action::Tx(TxEvent::End {
-                        delivered: false,
-                        message: None,
-                    }));
+                if expect == Expect::Helo && reply.is_positive() {
+                    self.act(Action::Tx(TxEvent::Reset));
                 }
                 self.relay(reply);
             }
-            Expect::Mail { opens } => {
-                if opens && !reply.is_positive() {
-                    self.tx = None;
-                    self.act(Action::Tx(TxEvent::End {
-                        delivered: false,
-                        message: None,
-                    }));
-                }
-                self.relay(reply);
-            }
-            Expect::Rcpt { checked } => {
-                let accepted = reply.is_positive();
-                if let Some(tx) = &mut self.tx {
-                    if accepted {
-                        tx.rcpt_accepted += 1;
+            Expect::Mail { tx } => {
+                if let Some(open) = self.tx.as_mut().filter(|open| open.id == tx) {
+                    if reply.is_positive() {
+                        open.confirmed = true;
                     } else {
-                        tx.rcpt_refused_upstream += 1;
+                        self.tx = None;
                     }
                 }
-                if checked {
-                    self.act(Action::Tx(TxEvent::RcptReply { accepted }));
+                self.relay(reply);
+            }
+            Expect::Rcpt { tx } => {
+                let accepted = reply.is_positive();
+                let ending = self.ending.iter_mut().flatten();
+                if let Some(t) = self.tx.iter_mut().chain(ending).find(|t| t.id == tx) {
+                    if accepted {
+                        t.rcpt_accepted += 1;
+                    } else {
+                        t.rcpt_refused_upstream += 1;
+                    }
                 }
+                self.act(Action::Tx(TxEvent::RcptReply { accepted }));
                 self.relay(reply);
             }
             Expect::Data => {
@@ -122,10 +119,10 @@ impl Session {
                 let delivered = reply.is_positive();
                 self.act(Action::Tx(TxEvent::End {
                     delivered,
-                    message: Some(MessageInfo {
+                    message: MessageInfo {
                         size,
                         waited: now.saturating_duration_since(since),
-                    }),
+                    },
                 }));
                 self.relay(reply);
             }
@@ -151,6 +148,12 @@ impl Session {
                             ok,
                         });
                     }
+                    if ok && user.is_none() {
+                        // The upstream knows a user mailbrake cannot name:
+                        // counting on under the session's other key would
+                        // let it step around its own limit.
+                        return self.fail(Failure::UnknownUser(mech.to_string()));
+                    }
                     if ok {
                         self.user = user;
                     }
@@ -158,10 +161,9 @@ impl Session {
                 self.relay(reply);
             }
             Expect::Rset => {
-                self.act(Action::Tx(TxEvent::End {
-                    delivered: false,
-                    message: None,
-                }));
+                if reply.is_positive() {
+                    self.act(Action::Tx(TxEvent::Reset));
+                }
                 self.relay(reply);
             }
             Expect::Other => self.relay(reply),
@@ -187,9 +189,9 @@ impl Session {
         self.close();
     }
 
-    /// Logs the transaction's one line; returns the message size.
+    /// Logs the ended transaction's one line; returns the message size.
     fn end_transaction(&mut self, reply: &Reply) -> u64 {
-        let Some(tx) = self.tx.take() else {
+        let Some(tx) = self.ending.pop_front().flatten() else {
             return 0;
         };
         tracing::info!(
