@@ -614,7 +614,7 @@ impl Transaction {
 impl Client {
     /// One transaction as a pipelining client sends it (RFC 2920): MAIL,
     /// every RCPT and DATA in one write; then, after `354`, `body` (already
-    /// dot-stuffed, without the final dot) and `.`.
+    /// dot-stuffed, without the final dot) and `.`; after anything else, RSET.
     pub async fn transaction(
         &mut self,
         from: &str,
@@ -637,6 +637,10 @@ impl Client {
             self.send(format!("{body}\r\n.\r\n").as_bytes()).await?;
             Some(self.reply().await?)
         } else {
+            // The transaction is still open; a client resets it before the
+            // next one, as Postfix's smtp client, smtplib and PHPMailer do.
+            self.send(b"RSET\r\n").await?;
+            self.reply().await?;
             None
         };
         Ok(Transaction {
