@@ -169,7 +169,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             crate::limits::store::Store::open(&config.state.dir)
                 .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?,
         ),
-        token: admin_token(&config.admin)?,
+        token: Arc::new(admin_token(&config)?),
         started: std::time::Instant::now(),
         listeners: admin.active.clone(),
         binds: config
@@ -330,27 +330,12 @@ fn raise_open_files(config: &Config) {
     }
 }
 
-/// The admin API's token: `MAILBRAKE_ADMIN_TOKEN`, else `[admin] token_file`.
-/// Required when the admin listener is reachable from beyond loopback.
-fn admin_token(admin: &crate::config::AdminConfig) -> anyhow::Result<Option<String>> {
-    let token = match std::env::var("MAILBRAKE_ADMIN_TOKEN") {
-        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-        _ => match &admin.token_file {
-            Some(path) => {
-                let t = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
-                Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-            }
-            None => None,
-        },
-    };
-    if token.is_none() && !admin.bind.ip().is_loopback() {
-        anyhow::bail!(
-            "admin.bind {} is reachable beyond loopback: set admin.token_file (or \
-             MAILBRAKE_ADMIN_TOKEN) so the admin API requires a token",
-            admin.bind
-        );
-    }
+/// The admin API's token (see [`crate::admin::token`]); logs where it is.
+fn admin_token(config: &Config) -> anyhow::Result<crate::admin::token::AdminToken> {
+    use crate::admin::token::{AdminToken, TOKEN_ENV};
+    let env = std::env::var(TOKEN_ENV).ok();
+    let token = AdminToken::establish(&config.admin, &config.state.dir, env.as_deref())?;
+    tracing::info!(token = %token.origin(), "admin API requires a bearer token");
     Ok(token)
 }
 

@@ -42,6 +42,7 @@ pub(super) struct RawAdmin {
     pub bind: Option<String>,
     pub metrics_top_senders: Option<i64>,
     pub token_file: Option<String>,
+    pub token_group: Option<String>,
 }
 
 /// `[state]`.

@@ -576,3 +576,24 @@ fn hostnames() {
         }
     }
 }
+
+#[test]
+fn the_token_group_is_resolved_and_only_for_the_generated_token() {
+    let with = |admin: &str| format!("[admin]\n{admin}\n{}", one_listener(BASE));
+    let config = parse(&with("token_group = \"root\"")).unwrap_or_else(|e| panic!("{e}"));
+    let group = config.admin.token_group.expect("resolved");
+    assert_eq!((group.name.as_str(), group.gid), ("root", 0));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for (admin, error) in [
+        ("token_group = \"no-such-group-here\"", "no group named"),
+        (
+            &format!("token_file = {:?}\ntoken_group = \"root\"", file.path()),
+            "applies only to the token mailbrake makes",
+        ),
+    ] {
+        let errors = errors(&with(admin));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("admin.token_group: "), "{errors:?}");
+        assert!(errors[0].contains(error), "{errors:?}");
+    }
+}
