@@ -149,7 +149,10 @@ fn describe() {
         "Time from the end of data to the upstream's reply."
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP) by result.");
-    describe_counter!(STATE_WRITE_ERRORS, "Failed writes to the limits database.");
+    describe_counter!(
+        STATE_WRITE_ERRORS,
+        "Failed attempts to write the limits database (the changes are kept and retried every second)."
+    );
     describe_counter!(
         FLEET_ERRORS,
         "Failed calls to the fleet's Redis (backend = \"redis\"), by operation."
