@@ -45,6 +45,8 @@
 //! once more on the new one (every operation here is safe to repeat).
 
 #[cfg(test)]
+mod test_redis;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
