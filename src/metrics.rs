@@ -54,7 +54,9 @@ pub const AUTH_MECHANISMS: &[&str] = &[
 ];
 pub const AUTH_RESULTS: &[&str] = &["success", "failure", "blocked"];
 pub const DIRECTIONS: &[&str] = &["client_to_upstream", "upstream_to_client"];
-pub const FLEET_OPS: &[&str] = &["connect", "reserve", "commit", "release", "admin"];
+pub const FLEET_OPS: &[&str] = &[
+    "connect", "reserve", "commit", "release", "refresh", "admin",
+];
 
 /// Buckets in seconds: connecting to an MTA on the same network takes
 /// milliseconds; end of data includes the MTA's content filters.

@@ -361,7 +361,7 @@ async fn keys_are_named_and_expire_as_documented() {
     );
     f.set_override(KEY, "5/1h", Some(1100), 1000).await.unwrap();
     let mut raw = server.raw().await;
-    for (kind, low, high) in [("s", 3600, 3660), ("r", 900, 960), ("o", 99, 100)] {
+    for (kind, low, high) in [("s", 3600, 3660), ("r", 300, 360), ("o", 99, 100)] {
         let ttl: i64 = redis::cmd("TTL")
             .arg(format!("{PREFIX}{kind}:{{{KEY}}}"))
             .query_async(&mut raw)
