@@ -20,6 +20,7 @@ use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
 use crate::limits::shared::FleetLink;
+use crate::limits::unsaved::Guarded;
 use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
@@ -149,8 +150,12 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .fleet
         .as_ref()
         .map(|f| FleetLink::start(f, limiter.policy().longest));
-    let keeper = crate::state::start(limiter.clone(), &config.state.dir)
-        .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
+    let keeper = crate::state::start(
+        limiter.clone(),
+        &config.state.dir,
+        config.state.max_unsaved_changes,
+    )
+    .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(crate::admin::AdminState {
         handle,
@@ -649,7 +654,14 @@ async fn serve(
     if owner.is_some() || vhost.is_some() {
         tracing::debug!(?owner, ?vhost, "sender lookup");
     }
-    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
+    let enforcer = Enforcer::new(
+        limiter.clone(),
+        protect,
+        client.0.ip(),
+        vhost.clone(),
+        fleet,
+    );
+    let mut policy = Guarded::new(enforcer, limiter, client.0.ip(), vhost);
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {

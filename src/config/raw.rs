@@ -54,6 +54,7 @@ pub(super) struct RawState {
     pub redis_url: Option<String>,
     pub redis_prefix: Option<String>,
     pub redis_failure: Option<String>,
+    pub max_unsaved_changes: Option<i64>,
 }
 
 /// `[server]`.

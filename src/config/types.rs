@@ -51,6 +51,9 @@ pub struct StateConfig {
     /// Where counters, reservations, locks and overrides are shared: only
     /// this process (the embedded database), or a fleet through Redis.
     pub fleet: Option<FleetConfig>,
+    /// Changes the database could not take yet, kept in memory and retried;
+    /// beyond this many, recipients are deferred until it takes them.
+    pub max_unsaved_changes: NonZeroUsize,
 }
 
 /// `[state] backend = "redis"`: several mailbrake processes share one set of

@@ -25,6 +25,9 @@ use super::types::{
 const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9725));
 /// Default `state.dir`.
 const DEFAULT_STATE_DIR: &str = "/var/lib/mailbrake";
+/// Default `state.max_unsaved_changes`: about 10 MB of changes, hours of a
+/// small ISP's traffic, before mail is deferred.
+const DEFAULT_MAX_UNSAVED: usize = 100_000;
 /// Default `server.hostname` when the machine's own name is unavailable.
 const FALLBACK_HOSTNAME: &str = "localhost";
 /// Default `server.drain_timeout`.
@@ -159,6 +162,14 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
         );
         return None;
     }
+    let max_unsaved_changes = count(
+        p,
+        "state.max_unsaved_changes",
+        raw.max_unsaved_changes,
+        NonZeroUsize::new(DEFAULT_MAX_UNSAVED).expect("non-zero"),
+        1,
+        "changes",
+    );
     let fleet = match raw.backend.as_deref().unwrap_or("sqlite") {
         "sqlite" => {
             for (key, v) in [
@@ -219,7 +230,11 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
             return None;
         }
     };
-    Some(StateConfig { dir, fleet })
+    Some(StateConfig {
+        dir,
+        fleet,
+        max_unsaved_changes: max_unsaved_changes?,
+    })
 }
 
 fn server(p: &mut Problems, raw: RawServer) -> Option<ServerConfig> {
