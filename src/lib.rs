@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`admin`]: the `[admin] bind` HTTP endpoint (`/metrics`) and the refresh of read gauges.
+//! - [`admin`]: the `[admin] bind` HTTP endpoint (`/metrics`, the `/api` and
+//!   its bearer token) and the refresh of read gauges.
 //! - [`cli`]: the operator's commands (`status`, `sender …`, `top`, `audit`,
 //!   `report`, `reload`): one admin API call each, tables or `--json`.
 //! - [`metrics`]: every metric's name, help, buckets and start-up series.

@@ -81,17 +81,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads and validates the file, then builds every listener's TLS setup.
+/// Loads and validates the file, then checks that the admin API can have a
+/// token and builds every listener's TLS setup.
 fn check(path: &std::path::Path) -> Result<usize, String> {
     let cfg = mailbrake::config::load(path).map_err(|e| e.to_string())?;
-    mailbrake::server::build_all(&cfg).map_err(|errors| {
+    let env_token = std::env::var(mailbrake::admin::token::TOKEN_ENV).ok();
+    let mut errors: Vec<String> = mailbrake::admin::token::check(&cfg.admin, env_token.as_deref())
+        .err()
+        .map(|e| e.to_string())
+        .into_iter()
+        .collect();
+    errors.extend(mailbrake::server::build_all(&cfg).err().unwrap_or_default());
+    if !errors.is_empty() {
         let mut msg = format!("{} error(s) in {}:", errors.len(), path.display());
         for e in errors {
             msg.push_str("\n  - ");
             msg.push_str(&e);
         }
-        msg
-    })?;
+        return Err(msg);
+    }
     Ok(cfg.listeners.len())
 }
 

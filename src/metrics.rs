@@ -54,7 +54,9 @@ pub const AUTH_MECHANISMS: &[&str] = &[
 ];
 pub const AUTH_RESULTS: &[&str] = &["success", "failure", "blocked"];
 pub const DIRECTIONS: &[&str] = &["client_to_upstream", "upstream_to_client"];
-pub const FLEET_OPS: &[&str] = &["connect", "reserve", "commit", "release", "admin"];
+pub const FLEET_OPS: &[&str] = &[
+    "connect", "reserve", "commit", "release", "refresh", "admin",
+];
 
 /// Buckets in seconds: connecting to an MTA on the same network takes
 /// milliseconds; end of data includes the MTA's content filters.
@@ -149,7 +151,10 @@ fn describe() {
         "Time from the end of data to the upstream's reply."
     );
     describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP) by result.");
-    describe_counter!(STATE_WRITE_ERRORS, "Failed writes to the limits database.");
+    describe_counter!(
+        STATE_WRITE_ERRORS,
+        "Failed attempts to write the limits database (the changes are kept and retried every second)."
+    );
     describe_counter!(
         FLEET_ERRORS,
         "Failed calls to the fleet's Redis (backend = \"redis\"), by operation."

@@ -20,6 +20,7 @@ use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
 use crate::limits::shared::FleetLink;
+use crate::limits::unsaved::Guarded;
 use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
@@ -149,8 +150,12 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         .fleet
         .as_ref()
         .map(|f| FleetLink::start(f, limiter.policy().longest));
-    let keeper = crate::state::start(limiter.clone(), &config.state.dir)
-        .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
+    let keeper = crate::state::start(
+        limiter.clone(),
+        &config.state.dir,
+        config.state.max_unsaved_changes,
+    )
+    .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?;
     let admin_stop = CancellationToken::new();
     let admin = Arc::new(crate::admin::AdminState {
         handle,
@@ -169,7 +174,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             crate::limits::store::Store::open(&config.state.dir)
                 .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?,
         ),
-        token: admin_token(&config.admin)?,
+        token: Arc::new(admin_token(&config)?),
         started: std::time::Instant::now(),
         listeners: admin.active.clone(),
         binds: config
@@ -330,27 +335,12 @@ fn raise_open_files(config: &Config) {
     }
 }
 
-/// The admin API's token: `MAILBRAKE_ADMIN_TOKEN`, else `[admin] token_file`.
-/// Required when the admin listener is reachable from beyond loopback.
-fn admin_token(admin: &crate::config::AdminConfig) -> anyhow::Result<Option<String>> {
-    let token = match std::env::var("MAILBRAKE_ADMIN_TOKEN") {
-        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-        _ => match &admin.token_file {
-            Some(path) => {
-                let t = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("admin.token_file {}: {e}", path.display()))?;
-                Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-            }
-            None => None,
-        },
-    };
-    if token.is_none() && !admin.bind.ip().is_loopback() {
-        anyhow::bail!(
-            "admin.bind {} is reachable beyond loopback: set admin.token_file (or \
-             MAILBRAKE_ADMIN_TOKEN) so the admin API requires a token",
-            admin.bind
-        );
-    }
+/// The admin API's token (see [`crate::admin::token`]); logs where it is.
+fn admin_token(config: &Config) -> anyhow::Result<crate::admin::token::AdminToken> {
+    use crate::admin::token::{AdminToken, TOKEN_ENV};
+    let env = std::env::var(TOKEN_ENV).ok();
+    let token = AdminToken::establish(&config.admin, &config.state.dir, env.as_deref())?;
+    tracing::info!(token = %token.origin(), "admin API requires a bearer token");
     Ok(token)
 }
 
@@ -664,7 +654,14 @@ async fn serve(
     if owner.is_some() || vhost.is_some() {
         tracing::debug!(?owner, ?vhost, "sender lookup");
     }
-    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
+    let enforcer = Enforcer::new(
+        limiter.clone(),
+        protect,
+        client.0.ip(),
+        vhost.clone(),
+        fleet,
+    );
+    let mut policy = Guarded::new(enforcer, limiter, client.0.ip(), vhost);
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {

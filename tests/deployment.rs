@@ -23,7 +23,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::netns::{Netns, require_root_and};
+use common::netns::{Netns, require_root_and, shipped_transparent};
 use common::upstream::{Opts, Upstream};
 use common::*;
 
@@ -91,37 +91,20 @@ print('SENT')
 /// `config/transparent.toml` as shipped, with the state directory moved to
 /// `state` and one `[[vhost]]` per test site added.
 fn example_config(state: &Path) -> String {
-    let shipped = read("config/transparent.toml");
-    let dir = "dir = \"/var/lib/mailbrake\"";
-    assert_eq!(
-        shipped.matches(dir).count(),
-        1,
-        "config/transparent.toml: expected one `{dir}`"
-    );
-    shipped.replace(dir, &format!("dir = {state:?}"))
-        + &format!(
-            "\n[[vhost]]\nname = \"site-a\"\nuids = [{UID_A}]\n\
+    shipped_transparent(
+        state,
+        &format!(
+            "[[vhost]]\nname = \"site-a\"\nuids = [{UID_A}]\n\
              [[vhost]]\nname = \"site-b\"\nuids = [{UID_B}]\n"
-        )
+        ),
+    )
 }
 
 /// Starts mailbrake inside `ns` with the example configuration, the way
-/// `config/mailbrake.service` runs it: as its own unprivileged user, without
-/// any capability and unable to gain one (the example's listeners are above
-/// 1024, so it needs none).
+/// `config/mailbrake.service` runs it (the example's listeners are above
+/// 1024, so it needs no capability).
 fn start_mailbrake(ns: &Netns, state: &Path) -> Mailbrake {
-    std::os::unix::fs::chown(state, Some(MB_UID), Some(MB_UID)).unwrap();
-    // `Mailbrake::start_with` writes the configuration into a directory only
-    // root may enter, and appends `BINARY run -c FILE`: open that directory
-    // to mailbrake's user, then become it.
-    let wrapper = format!(
-        "chmod 0755 \"$(dirname \"$3\")\" && exec setpriv --reuid={MB_UID} --regid={MB_UID} \
-         --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs \
-         \"$0\" \"$@\""
-    );
-    let mut prefix = ns.prefix();
-    prefix.extend_from_slice(&["sh", "-c", &wrapper]);
-    Mailbrake::start_with(&prefix, &example_config(state))
+    ns.mailbrake_as(MB_UID, state, &example_config(state))
 }
 
 /// The value of `name=` in a log line (up to a space or the closing brace).

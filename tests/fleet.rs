@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
+use common::admin::{admin_call, generated_token};
 use common::upstream::{Opts, Upstream};
 use common::*;
 
@@ -91,6 +92,8 @@ struct Node {
     mb: Mailbrake,
     port: u16,
     admin: SocketAddr,
+    /// The admin token this node made.
+    token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -119,6 +122,7 @@ fn node(redis: &Redis, up: &Upstream, failure: &str) -> Node {
         mb,
         port,
         admin,
+        token: generated_token(&dir.path().join("state")),
         _dir: dir,
     }
 }
@@ -182,22 +186,24 @@ async fn two_processes_enforce_one_limit_exactly() {
 
     // An override set through one process's API holds on the other.
     let raise = serde_json::json!({"limit": "20/1h", "reason": "fleet test", "who": "t"});
-    let (code, body) = http(
+    let (code, body) = admin_call(
         a.admin,
         "PUT",
         "/api/senders/auth%3Acarol/override",
         Some(raise),
+        Some(&a.token),
     )
     .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(&send(b.port, "carol", 25).await), 20);
     // So does a lock.
     let lock = serde_json::json!({"reason": "fleet test", "who": "t"});
-    let (code, _) = http(
+    let (code, _) = admin_call(
         b.admin,
         "POST",
         "/api/senders/auth%3Adave/lock",
         Some(lock.clone()),
+        Some(&b.token),
     )
     .await;
     assert_eq!(code, 200);
@@ -206,11 +212,12 @@ async fn two_processes_enforce_one_limit_exactly() {
         replies[0].starts_with("450 4.7.1 Sender auth:dave is locked"),
         "{replies:?}"
     );
-    let (code, _) = http(
+    let (code, _) = admin_call(
         a.admin,
         "POST",
         "/api/senders/auth%3Adave/unlock",
         Some(lock),
+        Some(&a.token),
     )
     .await;
     assert_eq!(code, 200);
@@ -265,29 +272,4 @@ async fn redis_away_fails_open_or_closed_and_recovers() {
         11,
         "one of 12 already sent"
     );
-}
-
-/// One HTTP call to an admin API; (status, body).
-async fn http(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
 }

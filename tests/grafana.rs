@@ -148,7 +148,12 @@ const CONTRACT: &[Metric] = &[
     Metric {
         name: "mailbrake_fleet_errors_total",
         kind: "counter",
-        labels: &[("op", &["connect", "reserve", "commit", "release", "admin"])],
+        labels: &[(
+            "op",
+            &[
+                "connect", "reserve", "commit", "release", "refresh", "admin",
+            ],
+        )],
     },
     Metric {
         name: "mailbrake_sender_window_usage_ratio",

@@ -8,44 +8,13 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
+use common::admin::{admin_call, generated_token};
 use common::upstream::{Opts, Upstream};
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One HTTP call to the admin API; (status, JSON body).
-async fn call(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-    token: Option<&str>,
-) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: mailbrake\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
 
 fn change(reason: &str) -> Value {
     json!({"reason": reason, "who": "ops-test"})
-}
-
-/// A change to a sender through the API (no token: loopback), for `reason`.
-async fn change_sender(admin: SocketAddr, method: &str, path: &str, reason: &str) -> (u16, Value) {
-    call(admin, method, path, Some(change(reason)), None).await
 }
 
 /// A mailbrake with `12/1h`, plain AUTH, and the recording upstream.
@@ -53,8 +22,23 @@ struct Rig {
     mb: Mailbrake,
     admin: SocketAddr,
     port: u16,
+    /// `[state] dir`, where mailbrake writes the token it makes.
+    state: std::path::PathBuf,
     _up: Upstream,
     _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A call to the admin API with the token mailbrake made.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let token = generated_token(&self.state);
+        admin_call(self.admin, method, path, body, Some(&token)).await
+    }
+
+    /// A change to a sender through the API, for `reason`.
+    async fn change_sender(&self, method: &str, path: &str, reason: &str) -> (u16, Value) {
+        self.call(method, path, Some(change(reason))).await
+    }
 }
 
 async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
@@ -65,11 +49,11 @@ async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
     .await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
     let cfg = format!(
-        "{admin_section}[server]\nhostname = \"mb.test\"\n[state]\ndir = {:?}\n\
+        "{admin_section}[server]\nhostname = \"mb.test\"\n[state]\ndir = {state:?}\n\
          [limits]\ndefault = \"3/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n{extra_limits}\
-         [protect]\nconnections_per_ip = \"off\"\n",
-        dir.path().join("state")
+         [protect]\nconnections_per_ip = \"off\"\n"
     ) + &listener(
         "l",
         port,
@@ -84,6 +68,7 @@ async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
         mb,
         admin,
         port,
+        state,
         _up: up,
         _dir: dir,
     }
@@ -121,7 +106,7 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     let r = rig("", "").await;
     assert_eq!(accepted(r.port, "alice", 5).await, 3, "the default 3/1h");
 
-    let (code, body) = call(r.admin, "GET", ALICE, None, None).await;
+    let (code, body) = r.call("GET", ALICE, None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["limit"]["source"], "default");
     assert_eq!(body["windows"][0]["recipients"], 3);
@@ -130,66 +115,57 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     // Raise: 3 more fit under 6/1h.
     let mut raise = change("campaign, ticket 42");
     raise["limit"] = json!("6/1h");
-    let (code, body) = call(
-        r.admin,
-        "PUT",
-        &format!("{ALICE}/override"),
-        Some(raise),
-        None,
-    )
-    .await;
+    let (code, body) = r
+        .call("PUT", &format!("{ALICE}/override"), Some(raise))
+        .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Exempt: no limit.
-    let (code, _) =
-        change_sender(r.admin, "POST", &format!("{ALICE}/exempt"), "mailing list").await;
+    let (code, _) = r
+        .change_sender("POST", &format!("{ALICE}/exempt"), "mailing list")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 10).await, 10);
-    let (_, body) = call(r.admin, "GET", ALICE, None, None).await;
+    let (_, body) = r.call("GET", ALICE, None).await;
     assert_eq!(body["limit"]["source"], "exempt");
 
     // Clear: back to the default, with 6 counted in the window.
-    let (code, _) = change_sender(
-        r.admin,
-        "DELETE",
-        &format!("{ALICE}/override"),
-        "list moved",
-    )
-    .await;
+    let (code, _) = r
+        .change_sender("DELETE", &format!("{ALICE}/override"), "list moved")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 1).await, 0);
 
     // Reset: the window is forgotten.
-    let (code, _) = change_sender(r.admin, "POST", &format!("{ALICE}/reset"), "cleaned up").await;
+    let (code, _) = r
+        .change_sender("POST", &format!("{ALICE}/reset"), "cleaned up")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "alice", 5).await, 3);
 
     // Lock, then unlock.
-    let (code, _) = change_sender(
-        r.admin,
-        "POST",
-        "/api/senders/auth%3Abob/lock",
-        "abuse report",
-    )
-    .await;
+    let (code, _) = r
+        .change_sender("POST", "/api/senders/auth%3Abob/lock", "abuse report")
+        .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 0);
-    let (code, _) = change_sender(
-        r.admin,
-        "POST",
-        "/api/senders/auth%3Abob/unlock",
-        "customer fixed it",
-    )
-    .await;
+    let (code, _) = r
+        .change_sender(
+            "POST",
+            "/api/senders/auth%3Abob/unlock",
+            "customer fixed it",
+        )
+        .await;
     assert_eq!(code, 200);
     assert_eq!(accepted(r.port, "bob", 1).await, 1);
-    let (code, body) =
-        change_sender(r.admin, "POST", "/api/senders/auth%3Abob/unlock", "again").await;
+    let (code, body) = r
+        .change_sender("POST", "/api/senders/auth%3Abob/unlock", "again")
+        .await;
     assert_eq!(code, 409, "unlocking a sender that is not locked: {body}");
 
     // Every change is in the audit trail, newest first, with who and why.
-    let (_, body) = call(r.admin, "GET", "/api/audit?limit=20", None, None).await;
+    let (_, body) = r.call("GET", "/api/audit?limit=20", None).await;
     let actions: Vec<&str> = body["entries"]
         .as_array()
         .unwrap()
@@ -207,26 +183,20 @@ async fn raise_exempt_clear_lock_unlock_reset_change_the_next_rcpt() {
     assert_eq!(raise["new"], "6/1h");
 
     // Bad input gets a clear 400.
-    let (code, body) = call(
-        r.admin,
-        "PUT",
-        &format!("{ALICE}/override"),
-        Some(json!({"limit": "6/hour", "reason": "x"})),
-        None,
-    )
-    .await;
+    let (code, body) = r
+        .call(
+            "PUT",
+            &format!("{ALICE}/override"),
+            Some(json!({"limit": "6/hour", "reason": "x"})),
+        )
+        .await;
     assert_eq!(code, 400);
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
-    let (code, _) = call(
-        r.admin,
-        "POST",
-        &format!("{ALICE}/lock"),
-        Some(json!({"who": "x"})),
-        None,
-    )
-    .await;
+    let (code, _) = r
+        .call("POST", &format!("{ALICE}/lock"), Some(json!({"who": "x"})))
+        .await;
     assert_eq!(code, 400, "a change without a reason");
-    let (code, _) = call(r.admin, "GET", "/api/senders/nobody", None, None).await;
+    let (code, _) = r.call("GET", "/api/senders/nobody", None).await;
     assert_eq!(code, 400, "not a key");
 }
 
@@ -236,14 +206,9 @@ async fn overrides_expire_and_survive_restarts() {
     let mut raise = change("short raise");
     raise["limit"] = json!("unlimited");
     raise["for"] = json!("2s");
-    let (code, body) = call(
-        r.admin,
-        "PUT",
-        &format!("{ALICE}/override"),
-        Some(raise),
-        None,
-    )
-    .await;
+    let (code, body) = r
+        .call("PUT", &format!("{ALICE}/override"), Some(raise))
+        .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(accepted(r.port, "alice", 5).await, 5);
     // The state thread expires overrides every second; this is the feature
@@ -253,26 +218,29 @@ async fn overrides_expire_and_survive_restarts() {
     // Back to 3/1h. What was sent while unlimited was not counted (unlimited
     // and exempt senders are not counted), so 3 fit.
     assert_eq!(accepted(r.port, "alice", 5).await, 3, "back to 3/1h");
-    let (_, body) = call(r.admin, "GET", "/api/audit", None, None).await;
+    let (_, body) = r.call("GET", "/api/audit", None).await;
     assert_eq!(body["entries"][0]["action"], "expire");
 
     // A lasting override survives a restart.
     let mut raise = change("lasting");
     raise["limit"] = json!("100/1h");
-    call(
-        r.admin,
-        "PUT",
-        "/api/senders/auth%3Acarol/override",
-        Some(raise),
-        None,
-    )
-    .await;
+    r.call("PUT", "/api/senders/auth%3Acarol/override", Some(raise))
+        .await;
     r.mb.signal("TERM");
     assert!(r.mb.wait_exit().success());
     let cfg = std::fs::read_to_string(&r.mb.config).unwrap();
     let mut again = Mailbrake::start(&cfg);
     let admin = admin_addr(&mut again);
-    let (_, body) = call(admin, "GET", "/api/senders/auth%3Acarol", None, None).await;
+    // A new token for the new process, in the same place.
+    let token = generated_token(&r.state);
+    let (_, body) = admin_call(
+        admin,
+        "GET",
+        "/api/senders/auth%3Acarol",
+        None,
+        Some(&token),
+    )
+    .await;
     assert_eq!(body["limit"]["source"], "override", "{body}");
     assert_eq!(body["override"]["limit"], "100/1h");
     assert_eq!(accepted(r.port, "carol", 10).await, 10);
@@ -285,13 +253,20 @@ async fn the_token_is_required_when_set() {
     std::fs::write(&token, "s3cret-token\n").unwrap();
     let admin_section = format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = {token:?}\n");
     let r = rig("", &admin_section).await;
-    let (code, _) = call(r.admin, "GET", "/api/status", None, None).await;
-    assert_eq!(code, 401);
-    let (code, _) = call(r.admin, "GET", "/api/status", None, Some("wrong")).await;
-    assert_eq!(code, 401);
-    let (code, body) = call(r.admin, "GET", "/api/status", None, Some("s3cret-token")).await;
-    assert_eq!(code, 200, "{body}");
+    for path in ["/api/status", "/metrics"] {
+        for wrong in [None, Some("wrong")] {
+            let (code, _) = admin_call(r.admin, "GET", path, None, wrong).await;
+            assert_eq!(code, 401, "{path} with {wrong:?}");
+        }
+        let (code, body) = admin_call(r.admin, "GET", path, None, Some("s3cret-token")).await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, body) = admin_call(r.admin, "GET", "/api/status", None, Some("s3cret-token")).await;
     assert_eq!(body["default_limit"], "3/1h");
+    assert!(
+        !r.state.join("admin.token").exists(),
+        "a token of the operator's choosing: mailbrake makes none"
+    );
     assert!(
         !r.mb.logs().contains("s3cret-token"),
         "the token reached the logs"
@@ -308,23 +283,36 @@ fn an_admin_listener_beyond_loopback_needs_a_token() {
     ) + &listener("l", free_port(), "none", None, "127.0.0.1:1", "");
     let path = dir.path().join("mb.toml");
     std::fs::write(&path, cfg).unwrap();
+    // Neither check-config nor run accepts it: a token made at start could
+    // not be handed to callers elsewhere.
+    for command in ["check-config", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+            .args([command, "-c"])
+            .arg(&path)
+            .env_remove("MAILBRAKE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("admin.token_file"), "{command}: {err}");
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
-        .args(["run", "-c"])
+        .args(["check-config", "-c"])
         .arg(&path)
-        .env_remove("MAILBRAKE_ADMIN_TOKEN")
+        .env("MAILBRAKE_ADMIN_TOKEN", "chosen")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("token_file"), "{err}");
+    assert!(out.status.success(), "{out:?}");
 }
 
-/// Runs the CLI against `admin`; (exit code, stdout, stderr).
-fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+/// Runs the CLI against `admin`, with `token` in the environment as
+/// `--admin` needs; (exit code, stdout, stderr).
+fn cli(admin: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
         .args(args)
         .arg("--admin")
         .arg(format!("http://{admin}"))
+        .env("MAILBRAKE_ADMIN_TOKEN", token)
         .env("USER", "cli-test")
         .env_remove("SUDO_USER")
         .output()
@@ -340,14 +328,15 @@ fn cli(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
 async fn the_cli_drives_the_api() {
     let r = rig("", "").await;
     assert_eq!(accepted(r.port, "alice", 3).await, 3);
-    let a = r.admin;
+    let (a, t) = (r.admin, generated_token(&r.state));
     let (code, out, err) =
-        tokio::task::block_in_place(|| cli(a, &["sender", "show", "auth:alice"]));
+        tokio::task::block_in_place(|| cli(a, &t, &["sender", "show", "auth:alice"]));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("auth:alice") && out.contains("3/1h"), "{out}");
     let (code, out, err) = tokio::task::block_in_place(|| {
         cli(
             a,
+            &t,
             &[
                 "sender",
                 "raise",
@@ -363,19 +352,20 @@ async fn the_cli_drives_the_api() {
     });
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(accepted(r.port, "alice", 3).await, 3);
-    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &["audit", "--json"]));
+    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &t, &["audit", "--json"]));
     assert_eq!(code, 0);
     let audit: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(audit["entries"][0]["who"], "cli-test");
     assert_eq!(audit["entries"][0]["reason"], "ticket 7");
     // Meaningful exit codes.
     let (code, _, err) = tokio::task::block_in_place(|| {
-        cli(a, &["sender", "unlock", "auth:alice", "--reason", "x"])
+        cli(a, &t, &["sender", "unlock", "auth:alice", "--reason", "x"])
     });
     assert_eq!(code, 1, "not locked: {err}");
     let (code, _, err) = tokio::task::block_in_place(|| {
         cli(
             a,
+            &t,
             &[
                 "sender",
                 "raise",
@@ -389,12 +379,43 @@ async fn the_cli_drives_the_api() {
     });
     assert!(code == 1 || code == 2, "a malformed limit: {code} {err}");
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (code, _, err) = tokio::task::block_in_place(|| cli(dead, &["status"]));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(dead, &t, &["status"]));
     assert_eq!(code, 3, "nothing listening: {err}");
-    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &["top", "--json"]));
+    let (code, out, _) = tokio::task::block_in_place(|| cli(a, &t, &["top", "--json"]));
     assert_eq!(code, 0);
     let top: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(top["senders"][0]["key"], "auth:alice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_finds_the_token_mailbrake_made_through_the_configuration() {
+    let admin = format!("[admin]\nbind = \"127.0.0.1:{}\"\n", free_port());
+    let r = rig("", &admin).await;
+    assert_eq!(accepted(r.port, "alice", 4).await, 3);
+    let config = r.mb.config.clone();
+    let run = |args: &[&str], env_token: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_mailbrake"));
+        c.args(args).arg("-c").arg(&config);
+        match env_token {
+            Some(t) => c.env("MAILBRAKE_ADMIN_TOKEN", t),
+            None => c.env_remove("MAILBRAKE_ADMIN_TOKEN"),
+        };
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    };
+    // One command, no flag: the token comes from [state] dir.
+    let exempt = ["sender", "exempt", "auth:alice", "--reason", "list"];
+    let (code, text) = tokio::task::block_in_place(|| run(&exempt, None));
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(accepted(r.port, "alice", 4).await, 4, "exempt");
+    // The environment's token wins, and a wrong one is exit 4.
+    let (code, text) = tokio::task::block_in_place(|| run(&exempt, Some("wrong")));
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("MAILBRAKE_ADMIN_TOKEN"), "{text}");
+    let token = generated_token(&r.state);
+    assert!(!r.mb.logs().contains(&token), "the token reached the logs");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,7 +431,7 @@ async fn the_report_matches_the_traffic_in_observe_mode() {
     // report (bounded) until they are in.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let report = loop {
-        let (code, report) = call(r.admin, "GET", "/api/report?days=30", None, None).await;
+        let (code, report) = r.call("GET", "/api/report?days=30", None).await;
         assert_eq!(code, 200, "{report}");
         if report["summary"]["senders"] == 2 {
             break report;
@@ -445,14 +466,14 @@ async fn the_report_matches_the_traffic_in_observe_mode() {
         (json!(2), json!(0))
     );
     // The CLI prints the same report as text and CSV.
-    let a = r.admin;
-    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["report", "--days", "30"]));
+    let (a, t) = (r.admin, generated_token(&r.state));
+    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &t, &["report", "--days", "30"]));
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("2 senders") && out.contains("auth:alice"),
         "{out}"
     );
-    let (code, csv, _) = tokio::task::block_in_place(|| cli(a, &["report", "--csv"]));
+    let (code, csv, _) = tokio::task::block_in_place(|| cli(a, &t, &["report", "--csv"]));
     assert_eq!(code, 0);
     let header = csv.lines().next().unwrap();
     assert!(
@@ -478,17 +499,17 @@ async fn mailbrake_reload_applies_the_file_and_keeps_counts() {
         cfg.replace("default = \"3/1h\"", "default = \"5/1h\""),
     )
     .unwrap();
-    let a = r.admin;
-    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &["reload"]));
+    let (a, t) = (r.admin, generated_token(&r.state));
+    let (code, out, err) = tokio::task::block_in_place(|| cli(a, &t, &["reload"]));
     assert_eq!(code, 0, "{out}{err}");
     // Counts kept: 3 of the new 5 used.
     assert_eq!(accepted(r.port, "alice", 5).await, 2);
     expect(&live.cmd("NOOP").await, "250");
     // A broken file is refused with every error, and the old policy stays.
     std::fs::write(&r.mb.config, "[limits]\ndefault = \"five\"\n").unwrap();
-    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &["reload"]));
+    let (code, _, err) = tokio::task::block_in_place(|| cli(a, &t, &["reload"]));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("limits.default"), "{err}");
-    let (_, body) = call(r.admin, "GET", "/api/status", None, None).await;
+    let (_, body) = r.call("GET", "/api/status", None).await;
     assert_eq!(body["default_limit"], "5/1h");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
@@ -30,8 +30,8 @@ pub struct Api {
     pub limiter: Arc<Limiter>,
     /// The API's own connection to the state database.
     pub store: Mutex<Store>,
-    /// Required as a bearer token when set.
-    pub token: Option<String>,
+    /// Required as a bearer token on every call.
+    pub token: Arc<super::token::AdminToken>,
     pub started: std::time::Instant,
     /// (name, bind, sessions in progress).
     pub listeners: super::ActiveSessions,
@@ -85,38 +85,11 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/audit", get(audit))
         .route("/api/report", get(report))
         .route("/api/reload", post(reload))
-        .route_layer(axum::middleware::from_fn_with_state(api.clone(), authorise))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.token.clone(),
+            super::token::authorise,
+        ))
         .with_state(api)
-}
-
-/// Refuses calls without the token, when one is set. Constant-time compare.
-pub async fn authorise(
-    State(api): State<Arc<Api>>,
-    headers: HeaderMap,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(token) = &api.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let same = given.len() == token.len()
-            && given
-                .bytes()
-                .zip(token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        if !same {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token".into(),
-            )
-            .into_response();
-        }
-    }
-    next.run(request).await
 }
 
 fn parse_key(text: &str) -> Result<SenderKey, ApiError> {

@@ -1,8 +1,9 @@
 //! The `[admin] bind` listener: `GET /metrics` (Prometheus exposition) and
-//! the admin API (`/api`, see [`api`]). Loopback by default; with a token,
-//! every call needs it. Also the periodic refresh of gauges that are read
-//! rather than counted: sessions in progress, locked and resident senders,
-//! and the per-sender series of the senders close to their limits.
+//! the admin API (`/api`, see [`api`]). Loopback by default. Every `/api`
+//! call needs the bearer token (see [`token`]), and so does `/metrics` when
+//! the operator chose the token. Also the periodic refresh of gauges that are
+//! read rather than counted: sessions in progress, locked and resident
+//! senders, and the per-sender series of the senders close to their limits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,10 @@ use crate::limits::Limiter;
 use crate::metrics as m;
 
 pub mod api;
+pub mod token;
+
+#[cfg(test)]
+mod tests;
 
 /// Senders at this share of a limit or more get series of their own.
 pub const HOT_THRESHOLD: f64 = 0.8;
@@ -63,8 +68,17 @@ pub async fn serve(
             }
         }),
     );
-    let guard = axum::middleware::from_fn_with_state(api.clone(), api::authorise);
-    let app = api::routes(api).merge(metrics.route_layer(guard));
+    // A token the operator chose guards the metrics too; the one mailbrake
+    // made guards only /api, so that Prometheus scrapes loopback without it.
+    let metrics = if api.token.is_configured() {
+        metrics.route_layer(axum::middleware::from_fn_with_state(
+            api.token.clone(),
+            token::authorise,
+        ))
+    } else {
+        metrics
+    };
+    let app = api::routes(api).merge(metrics);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

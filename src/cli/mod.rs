@@ -16,13 +16,13 @@ use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
+use crate::admin::token::TokenFile;
 use crate::config::Config;
 use client::{CliError, Client, Method, Request, Token, base_url, encode_segment};
 
 /// Where the configuration is looked for without `-c`.
 pub const DEFAULT_CONFIG: &str = "/etc/mailbrake/mailbrake.toml";
-/// The environment variable holding the admin token (wins over `token_file`).
-pub const TOKEN_ENV: &str = "MAILBRAKE_ADMIN_TOKEN";
+pub use crate::admin::token::TOKEN_ENV;
 
 /// The commands that talk to a running mailbrake.
 #[derive(Debug, Subcommand)]
@@ -76,7 +76,7 @@ pub enum Command {
 /// Where the admin API is, how to print, and who is asking.
 #[derive(Debug, Args)]
 pub struct Options {
-    /// Configuration file naming the admin API (`[admin] bind`, `token_file`).
+    /// Configuration file naming the admin API and its token (`[admin] bind`, `token_file`, else `[state] dir`).
     #[arg(short, long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// The admin API's address, instead of the configuration's (token from MAILBRAKE_ADMIN_TOKEN).
@@ -284,14 +284,17 @@ fn connect(opts: &Options, env: &Env) -> Result<Client, CliError> {
         ))
     })?;
     let (url, token_file) = admin_target(&cfg);
-    let (token, hint) = pick_token(env_token, token_file.as_deref(), &opts.config);
+    let (token, hint) = pick_token(env_token, &token_file, &opts.config);
     Ok(Client::new(url, token, hint))
 }
 
-/// The admin API's URL and token file from the configuration. A wildcard
-/// bind (`0.0.0.0`, `::`) is reached on loopback.
-fn admin_target(cfg: &Config) -> (String, Option<PathBuf>) {
-    (admin_url(cfg.admin.bind), cfg.admin.token_file.clone())
+/// The admin API's URL and where its token is. A wildcard bind (`0.0.0.0`,
+/// `::`) is reached on loopback.
+fn admin_target(cfg: &Config) -> (String, TokenFile) {
+    (
+        admin_url(cfg.admin.bind),
+        TokenFile::of(&cfg.admin, &cfg.state.dir),
+    )
 }
 
 fn admin_url(bind: SocketAddr) -> String {
@@ -305,33 +308,35 @@ fn admin_url(bind: SocketAddr) -> String {
 
 /// The token to send (the environment's wins; the file is only read without
 /// it) and, for a 401, where the token should go. An unreadable file is no
-/// error yet: a loopback admin API may need no token.
+/// error yet: the 401 that follows says what to do.
 fn pick_token(
     env_token: Option<Token>,
-    file: Option<&Path>,
+    file: &TokenFile,
     config: &Path,
 ) -> (Option<Token>, String) {
-    let Some(file) = file else {
-        let hint = format!(
-            "set {TOKEN_ENV}, or [admin] token_file in {} (then reload)",
+    let path = file.path();
+    let hint = match file {
+        TokenFile::Configured(_) => format!(
+            "put the token in {TOKEN_ENV} or in {} ([admin] token_file)",
+            path.display()
+        ),
+        TokenFile::Generated(_) => format!(
+            "mailbrake writes its token to {} at start ([state] dir in {}); \
+             or set {TOKEN_ENV} to the one it was started with",
+            path.display(),
             config.display()
-        );
-        return (env_token, hint);
+        ),
     };
-    let hint = format!(
-        "put the token in {TOKEN_ENV} or in {} ([admin] token_file)",
-        file.display()
-    );
     if env_token.is_some() {
         return (env_token, hint);
     }
-    match std::fs::read_to_string(file) {
-        Ok(text) => (Token::new(&text, file.display().to_string()), hint),
+    match std::fs::read_to_string(path) {
+        Ok(text) => (Token::new(&text, path.display().to_string()), hint),
         Err(e) => (
             None,
             format!(
-                "{hint}; {} could not be read ({e}): run as its owner (sudo)?",
-                file.display()
+                "{hint}; {} could not be read ({e}): run as root (sudo)?",
+                path.display()
             ),
         ),
     }

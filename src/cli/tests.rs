@@ -283,29 +283,54 @@ fn the_environments_token_wins_over_the_file() {
     std::fs::write(&file, "  from-file\n").unwrap();
     let config = Path::new("/etc/mailbrake/mailbrake.toml");
 
-    let (token, hint) = pick_token(Token::new("from-env", TOKEN_ENV), Some(&file), config);
+    let configured = TokenFile::Configured(file.clone());
+    let (token, hint) = pick_token(Token::new("from-env", TOKEN_ENV), &configured, config);
     assert_eq!(token.unwrap().origin(), TOKEN_ENV);
     assert!(
         hint.contains(TOKEN_ENV) && hint.contains("admin.token"),
         "{hint}"
     );
 
-    let (token, _) = pick_token(None, Some(&file), config);
+    let (token, _) = pick_token(None, &configured, config);
     let token = token.unwrap();
     assert_eq!(token.origin(), file.display().to_string());
     assert!(format!("{:?}", Some(token)).contains("redacted"));
 
-    let missing = dir.path().join("missing");
-    let (token, hint) = pick_token(None, Some(&missing), config);
+    let missing = TokenFile::Configured(dir.path().join("missing"));
+    let (token, hint) = pick_token(None, &missing, config);
     assert!(token.is_none());
     assert!(hint.contains("could not be read"), "{hint}");
+}
 
-    let (token, hint) = pick_token(None, None, config);
+#[test]
+fn without_token_file_the_generated_one_is_read_from_the_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = crate::config::parse(&format!(
+        "[state]\ndir = {:?}\n[[listener]]\nname = \"l\"\nbind = \"127.0.0.1:2525\"\n\
+         tls = \"none\"\nupstream = \"127.0.0.1:10025\"\n",
+        dir.path()
+    ))
+    .unwrap();
+    let (url, file) = admin_target(&cfg);
+    assert_eq!(url, "http://127.0.0.1:9725");
+    let generated = dir.path().join("admin.token");
+    assert_eq!(file, TokenFile::Generated(generated.clone()));
+    let config = Path::new("/etc/mailbrake/mailbrake.toml");
+
+    // Not there (mailbrake not started, or not readable): the 401 will say
+    // where it is and that root can read it.
+    let (token, hint) = pick_token(None, &file, config);
     assert!(token.is_none());
     assert!(
-        hint.contains("token_file in /etc/mailbrake/mailbrake.toml"),
+        hint.contains(&generated.display().to_string()) && hint.contains("run as root (sudo)"),
         "{hint}"
     );
+
+    std::fs::write(&generated, "made-at-start\n").unwrap();
+    let (token, _) = pick_token(None, &file, config);
+    assert_eq!(token.unwrap().origin(), generated.display().to_string());
+    let (token, _) = pick_token(Token::new("from-env", TOKEN_ENV), &file, config);
+    assert_eq!(token.unwrap().origin(), TOKEN_ENV);
 }
 
 #[test]

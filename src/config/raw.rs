@@ -42,6 +42,7 @@ pub(super) struct RawAdmin {
     pub bind: Option<String>,
     pub metrics_top_senders: Option<i64>,
     pub token_file: Option<String>,
+    pub token_group: Option<String>,
 }
 
 /// `[state]`.
@@ -53,6 +54,7 @@ pub(super) struct RawState {
     pub redis_url: Option<String>,
     pub redis_prefix: Option<String>,
     pub redis_failure: Option<String>,
+    pub max_unsaved_changes: Option<i64>,
 }
 
 /// `[server]`.

@@ -233,6 +233,7 @@ fn defaults_apply() {
     let config = parse(&one_listener(BASE)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.admin.bind, addr("127.0.0.1:9725"));
     assert_eq!(config.state.dir, Path::new("/var/lib/mailbrake"));
+    assert_eq!(config.state.max_unsaved_changes.get(), 100_000);
     assert!(!config.server.hostname.is_empty());
     assert_eq!(config.server.drain_timeout, Duration::from_secs(60));
     assert_eq!(config.server.log_format, LogFormat::Text);
@@ -258,7 +259,7 @@ fn defaults_apply() {
 #[test]
 fn explicit_values_override_defaults() {
     let text = format!(
-        "[admin]\nbind = \"[::1]:9000\"\n\
+        "[admin]\nbind = \"[::1]:9000\"\n[state]\nmax_unsaved_changes = 5\n\
          [server]\nhostname = \"[IPv6:2001:db8::1]\"\ndrain_timeout = \"1h 30m\"\nlog_format = \"json\"\nthreads = 3\n\
          [session]\nmax_line_length = 512\nmax_auth_line_length = 512\n\
          max_commands_without_mail = 1\nmax_reply_bytes = 4096\n\
@@ -267,6 +268,7 @@ fn explicit_values_override_defaults() {
     );
     let config = parse(&text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.admin.bind, addr("[::1]:9000"));
+    assert_eq!(config.state.max_unsaved_changes.get(), 5);
     assert_eq!(config.server.hostname, "[IPv6:2001:db8::1]");
     assert_eq!(config.server.drain_timeout, Duration::from_secs(5400));
     assert_eq!(config.server.log_format, LogFormat::Json);
@@ -288,6 +290,8 @@ fn explicit_values_override_defaults() {
 #[test]
 fn several_errors_are_reported_together() {
     let text = "\
+        [state]\n\
+        max_unsaved_changes = 0\n\
         [server]\n\
         drain_timeout = \"soon\"\n\
         log_format = \"xml\"\n\
@@ -308,6 +312,7 @@ fn several_errors_are_reported_together() {
         proxy_protocol_trusted = [\"10.0.0.0/33\"]\n";
     let errors = errors(text);
     let expected = [
+        "state.max_unsaved_changes: 0 is too small; give at least 1 (changes)",
         "server.drain_timeout: \"soon\" is not a duration",
         "server.log_format: \"xml\" is not allowed; use one of \"text\", \"json\"",
         "server.threads: 5000 is too many; give at most 1024",
@@ -329,10 +334,10 @@ fn several_errors_are_reported_together() {
 
     let shown = parse(text).expect_err("invalid").to_string();
     assert!(
-        shown.starts_with("13 error(s) in <text>:\n  - server.drain_timeout: "),
+        shown.starts_with("14 error(s) in <text>:\n  - state.max_unsaved_changes: "),
         "{shown}"
     );
-    assert_eq!(shown.lines().count(), 14, "{shown}");
+    assert_eq!(shown.lines().count(), 15, "{shown}");
 }
 
 #[test]
@@ -574,5 +579,26 @@ fn hostnames() {
         } else {
             assert!(error(&text).starts_with("server.hostname: "));
         }
+    }
+}
+
+#[test]
+fn the_token_group_is_resolved_and_only_for_the_generated_token() {
+    let with = |admin: &str| format!("[admin]\n{admin}\n{}", one_listener(BASE));
+    let config = parse(&with("token_group = \"root\"")).unwrap_or_else(|e| panic!("{e}"));
+    let group = config.admin.token_group.expect("resolved");
+    assert_eq!((group.name.as_str(), group.gid), ("root", 0));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    for (admin, error) in [
+        ("token_group = \"no-such-group-here\"", "no group named"),
+        (
+            &format!("token_file = {:?}\ntoken_group = \"root\"", file.path()),
+            "applies only to the token mailbrake makes",
+        ),
+    ] {
+        let errors = errors(&with(admin));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("admin.token_group: "), "{errors:?}");
+        assert!(errors[0].contains(error), "{errors:?}");
     }
 }

@@ -32,6 +32,16 @@ pub struct AdminConfig {
     /// File holding the admin API's bearer token (required when `bind` is
     /// not loopback, unless `MAILBRAKE_ADMIN_TOKEN` is set).
     pub token_file: Option<PathBuf>,
+    /// Without `token_file`: the group that may read the token mailbrake
+    /// makes (its file is then 0640 instead of 0600).
+    pub token_group: Option<UnixGroup>,
+}
+
+/// A Unix group, resolved when the file is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixGroup {
+    pub name: String,
+    pub gid: u32,
 }
 
 /// `[state]`: where mailbrake keeps its data.
@@ -41,6 +51,9 @@ pub struct StateConfig {
     /// Where counters, reservations, locks and overrides are shared: only
     /// this process (the embedded database), or a fleet through Redis.
     pub fleet: Option<FleetConfig>,
+    /// Changes the database could not take yet, kept in memory and retried;
+    /// beyond this many, recipients are deferred until it takes them.
+    pub max_unsaved_changes: NonZeroUsize,
 }
 
 /// `[state] backend = "redis"`: several mailbrake processes share one set of

@@ -4,9 +4,9 @@
 //! listeners named `listener[NAME]` (or `listener[#N]`, counting from 1, when
 //! the name itself is unusable). No file is read; certificate, key and CA files
 //! are only opened to check that they exist and are readable, and `[[vhost]]`
-//! user names are looked up in the user database. `[limits]`, `[[vhost]]` and
-//! `[protect]` are checked in `validate_limits.rs`, `[[listener]]` in
-//! `validate_listeners.rs`.
+//! user names and `admin.token_group` are looked up in the user database.
+//! `[limits]`, `[[vhost]]` and `[protect]` are checked in
+//! `validate_limits.rs`, `[[listener]]` in `validate_listeners.rs`.
 
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
@@ -18,13 +18,16 @@ use ipnet::IpNet;
 
 use super::raw::{RawAdmin, RawConfig, RawServer, RawSession, RawState, RawTimeouts};
 use super::types::{
-    AdminConfig, Config, LogFormat, ServerConfig, SessionLimits, StateConfig, Timeouts,
+    AdminConfig, Config, LogFormat, ServerConfig, SessionLimits, StateConfig, Timeouts, UnixGroup,
 };
 
 /// Default `admin.bind`: loopback only, the admin API is not for the world.
 const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9725));
 /// Default `state.dir`.
 const DEFAULT_STATE_DIR: &str = "/var/lib/mailbrake";
+/// Default `state.max_unsaved_changes`: about 10 MB of changes, hours of a
+/// small ISP's traffic, before mail is deferred.
+const DEFAULT_MAX_UNSAVED: usize = 100_000;
 /// Default `server.hostname` when the machine's own name is unavailable.
 const FALLBACK_HOSTNAME: &str = "localhost";
 /// Default `server.drain_timeout`.
@@ -113,11 +116,41 @@ fn admin(p: &mut Problems, raw: RawAdmin) -> Option<AdminConfig> {
             format!("cannot read {}: {e}", path.display()),
         );
     }
+    let token_group = raw
+        .token_group
+        .and_then(|name| token_group(p, name, token_file.is_some()));
     Some(AdminConfig {
         bind,
         metrics_top_senders: top?,
         token_file,
+        token_group,
     })
+}
+
+/// `admin.token_group`: an existing group, for the token mailbrake makes.
+fn token_group(p: &mut Problems, name: String, token_file: bool) -> Option<UnixGroup> {
+    const KEY: &str = "admin.token_group";
+    if token_file {
+        p.add(
+            KEY,
+            "applies only to the token mailbrake makes; with token_file, give that file its group yourself",
+        );
+        return None;
+    }
+    match nix::unistd::Group::from_name(&name) {
+        Ok(Some(g)) => Some(UnixGroup {
+            name,
+            gid: g.gid.as_raw(),
+        }),
+        Ok(None) => {
+            p.add(KEY, format!("no group named {name:?} on this system"));
+            None
+        }
+        Err(e) => {
+            p.add(KEY, format!("cannot look up group {name:?}: {e}"));
+            None
+        }
+    }
 }
 
 fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
@@ -129,6 +162,14 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
         );
         return None;
     }
+    let max_unsaved_changes = count(
+        p,
+        "state.max_unsaved_changes",
+        raw.max_unsaved_changes,
+        NonZeroUsize::new(DEFAULT_MAX_UNSAVED).expect("non-zero"),
+        1,
+        "changes",
+    );
     let fleet = match raw.backend.as_deref().unwrap_or("sqlite") {
         "sqlite" => {
             for (key, v) in [
@@ -189,7 +230,11 @@ fn state(p: &mut Problems, raw: RawState) -> Option<StateConfig> {
             return None;
         }
     };
-    Some(StateConfig { dir, fleet })
+    Some(StateConfig {
+        dir,
+        fleet,
+        max_unsaved_changes: max_unsaved_changes?,
+    })
 }
 
 fn server(p: &mut Problems, raw: RawServer) -> Option<ServerConfig> {

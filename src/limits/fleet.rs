@@ -15,17 +15,25 @@
 //! | key             | type   | content                                               | TTL                    |
 //! |-----------------|--------|-------------------------------------------------------|------------------------|
 //! | `{prefix}s:{K}` | ZSET   | sends: member = reservation id, score = send time     | longest window + 60 s  |
-//! | `{prefix}r:{K}` | ZSET   | reservations: member = id, score = expiry time        | reservation TTL + 60 s |
+//! | `{prefix}r:{K}` | ZSET   | reservations: member = id, score = expiry time        | latest expiry + 60 s   |
 //! | `{prefix}l:{K}` | string | lock: `UNTIL\|reason` (`UNTIL` empty: until unlocked) | `until - now`, or none |
 //! | `{prefix}o:{K}` | string | override: `UNTIL\|unlimited`, `UNTIL\|12/3600s, 100/86400s` | `until - now`, or none |
 //!
 //! Reserving keeps only the newest max-N sends within the longest window
 //! (all a window needs; N and the window over both the file's rates and the
 //! override). Overrides are parsed by [`crate::config::parse_limit`] and
-//! stored in seconds for the script. Reservations expire on their own after
-//! the reservation TTL (15 min by default), so an instance that crashes
-//! cannot hold a sender's quota for longer than that; a commit after that
-//! still counts the send.
+//! stored in seconds for the script.
+//!
+//! # Reservations live as long as their sessions
+//!
+//! A reservation expires after the reservation TTL (5 min by default)
+//! unless refreshed: each process remembers the reservations it holds and
+//! [`Fleet::refresh`] (every minute, from [`super::shared`]) moves their
+//! expiry to now + the TTL, so a session that takes an hour keeps its
+//! recipients counted for the hour. When a process dies nothing refreshes
+//! its reservations, and they free its senders' quotas within the TTL. A
+//! reservation that did expire (Redis unreachable for longer than the TTL)
+//! is never revived; a commit after that still counts the send.
 //!
 //! # Bytes per key
 //!
@@ -44,8 +52,13 @@
 //! when Redis comes back; a call that meets a broken connection is tried
 //! once more on the new one (every operation here is safe to repeat).
 
+mod refresh;
+#[cfg(test)]
+mod test_redis;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_refresh;
 
 use std::fmt;
 use std::future::Future;
@@ -58,9 +71,14 @@ use redis::{RedisResult, Script, Value};
 
 use super::journal::Time;
 use crate::config::{Limit, Rate};
+pub use refresh::Refreshed;
 
-/// How long a reservation lives unless committed or released.
-pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a reservation lives unless committed, released or refreshed:
+/// how long a dead process can hold its senders' quotas.
+pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(5 * 60);
+/// How often a process refreshes the reservations it holds: a Redis outage
+/// shorter than the TTL minus this loses none of them.
+pub const DEFAULT_REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Longest any Redis call may take, connecting included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -117,8 +135,10 @@ pub enum FleetDecision {
 /// Tuning for [`Fleet::connect_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FleetOptions {
-    /// Reservations not committed or released by then are dropped.
+    /// Reservations not committed, released or refreshed by then are dropped.
     pub reservation_ttl: Duration,
+    /// How often [`Fleet::refresh`] runs (well below the TTL).
+    pub refresh_every: Duration,
     /// Bound on every call, connecting included.
     pub timeout: Duration,
 }
@@ -127,6 +147,7 @@ impl Default for FleetOptions {
     fn default() -> Self {
         FleetOptions {
             reservation_ttl: DEFAULT_RESERVATION_TTL,
+            refresh_every: DEFAULT_REFRESH_EVERY,
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -144,6 +165,8 @@ pub struct Fleet {
     /// This process's part of [`Fleet::new_id`].
     nonce: String,
     ids: AtomicU64,
+    /// Reservations made here and not yet settled, to refresh.
+    held: refresh::Held,
 }
 
 impl fmt::Debug for Fleet {
@@ -249,6 +272,7 @@ impl Fleet {
             addr,
             nonce: base36(nonce % 36u64.pow(8)),
             ids: AtomicU64::new(0),
+            held: refresh::Held::default(),
         })
     }
 
@@ -332,7 +356,12 @@ impl Fleet {
             args.push(secs(rate).to_string());
         }
         let reply = self.script("reserve", key, &args).await?;
-        parse_decision(&reply).ok_or_else(|| self.bad_reply("reserve", &reply))
+        let decision = parse_decision(&reply).ok_or_else(|| self.bad_reply("reserve", &reply))?;
+        // Nothing is held under an unlimited override: nothing to refresh.
+        if decision == FleetDecision::Reserved && holds(&reply) {
+            self.held.add(key, id);
+        }
+        Ok(decision)
     }
 
     /// Reservation `id` becomes a send at `now`; `key`'s sends expire after
@@ -344,12 +373,14 @@ impl Fleet {
         now: Time,
         longest: Time,
     ) -> Result<(), FleetError> {
+        self.held.remove(key, id);
         let args = [now.to_string(), id.to_owned(), longest.to_string()];
         self.script("commit", key, &args).await.map(drop)
     }
 
     /// Reservation `id` was not sent.
     pub async fn release(&self, key: &str, id: &str) -> Result<(), FleetError> {
+        self.held.remove(key, id);
         let Keys([_, reserved, ..]) = self.keys(key);
         self.call("release", |mut conn| {
             let cmd = redis::cmd("ZREM").arg(&reserved).arg(id).clone();
@@ -485,6 +516,11 @@ fn error(op: &'static str, addr: String, after: Duration, source: redis::RedisEr
     }
 }
 
+/// Whether a `reserved` reply holds a reservation in Redis (`{'reserved', 1}`).
+fn holds(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items) if items.get(1) == Some(&Value::Int(1)))
+}
+
 /// The script's reply to `reserve`.
 fn parse_decision(reply: &Value) -> Option<FleetDecision> {
     let Value::Array(items) = reply else {
@@ -502,7 +538,7 @@ fn parse_decision(reply: &Value) -> Option<FleetDecision> {
         _ => None,
     };
     match (items.first().and_then(text)?.as_str(), items.len()) {
-        ("reserved", 1) => Some(FleetDecision::Reserved),
+        ("reserved", 2) => Some(FleetDecision::Reserved),
         ("full", 3) => Some(FleetDecision::Full {
             rate_index: match items[1] {
                 Value::Int(i) => usize::try_from(i).ok()?,

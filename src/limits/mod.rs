@@ -13,6 +13,7 @@
 //! - [`ledger`]: one session's reservations, committed or released as its
 //!   transactions end, released when it disconnects.
 //! - [`fleet`]: fleet mode: windows, locks and overrides shared in Redis.
+//! - [`unsaved`]: recipients deferred while the state cannot be saved.
 //!
 //! [`Limiter`] shares the engine between sessions: keys are spread over
 //! shards, each behind its own mutex, so decisions on different keys rarely
@@ -28,6 +29,7 @@ pub mod operate;
 pub mod policy;
 pub mod shared;
 pub mod store;
+pub mod unsaved;
 pub mod vhosts;
 pub mod window;
 
@@ -36,6 +38,7 @@ mod tests;
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use engine::{Decision, Engine, HotSender, Lock, LockReason, Refusal, Reservation, Status};
@@ -74,6 +77,9 @@ pub struct Limiter {
     policy: std::sync::RwLock<Arc<Policy>>,
     /// Operators' overrides (see [`operate`]).
     runtime: Mutex<std::collections::HashMap<SenderKey, operate::RuntimeOverride>>,
+    /// Set by the state thread while more changes wait for the database
+    /// than `[state] max_unsaved_changes` (see [`unsaved`]).
+    unsaved: AtomicBool,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -95,6 +101,7 @@ impl Limiter {
             clock,
             policy: std::sync::RwLock::new(policy),
             runtime: Mutex::new(Default::default()),
+            unsaved: AtomicBool::new(false),
         }
     }
 
@@ -181,6 +188,18 @@ impl Limiter {
 
     pub fn contact(&self) -> Option<String> {
         self.policy().contact.clone()
+    }
+
+    /// Whether the changes waiting for the database are past their bound:
+    /// recipients are then deferred rather than counted in windows that a
+    /// restart would lose.
+    pub fn unsaved(&self) -> bool {
+        self.unsaved.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Limiter::unsaved`]; returns what it was.
+    pub fn set_unsaved(&self, unsaved: bool) -> bool {
+        self.unsaved.swap(unsaved, Ordering::Relaxed)
     }
 
     /// Everything changed since the last call, for the store.

@@ -1,17 +1,18 @@
 //! This process's link to a fleet (`[state] backend = "redis"`): the
 //! Redis connection (made in the background, so an unreachable Redis never
 //! keeps mailbrake from starting), what to do while Redis cannot be reached,
-//! and the background settling of reservations. Every failure is logged and
-//! counted (`mailbrake_fleet_errors_total{op}`); the connection recovers by
-//! itself.
+//! the background settling of reservations, and the refresh that keeps the
+//! reservations this process holds alive for as long as their sessions
+//! hold them. Every failure is logged and counted
+//! (`mailbrake_fleet_errors_total{op}`); the connection recovers by itself.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use metrics::counter;
 
-use super::fleet::{Fleet, FleetDecision};
+use super::fleet::{Fleet, FleetDecision, FleetOptions};
 use super::ledger::Remote;
 use super::{Clock, SenderKey, SystemClock, Time};
 use crate::config::{FleetConfig, Rate};
@@ -24,6 +25,8 @@ pub struct FleetLink {
     pub fail_open: bool,
     /// The longest window of the policy, for send expiry.
     pub longest: AtomicU32,
+    /// For the times of commits and refreshes.
+    clock: Box<dyn Clock>,
 }
 
 /// A failed fleet call (already logged and counted).
@@ -35,15 +38,27 @@ impl FleetLink {
     /// Starts connecting in the background (retrying every second) and
     /// returns at once.
     pub fn start(cfg: &FleetConfig, longest: Time) -> Arc<Self> {
+        Self::start_with(cfg, longest, FleetOptions::default(), Box::new(SystemClock))
+    }
+
+    /// [`FleetLink::start`] with the given options and clock.
+    pub fn start_with(
+        cfg: &FleetConfig,
+        longest: Time,
+        options: FleetOptions,
+        clock: Box<dyn Clock>,
+    ) -> Arc<Self> {
         let link = Arc::new(FleetLink {
             fleet: OnceLock::new(),
             fail_open: cfg.fail_open,
             longest: AtomicU32::new(longest),
+            clock,
         });
+        refresh_held(Arc::downgrade(&link), options.refresh_every);
         let (target, url, prefix) = (link.clone(), cfg.url.clone(), cfg.prefix.clone());
         tokio::spawn(async move {
             loop {
-                match Fleet::connect(&url, &prefix).await {
+                match Fleet::connect_with(&url, &prefix, options).await {
                     Ok(fleet) => {
                         tracing::info!(%prefix, "fleet state in Redis: connected");
                         let _ = target.fleet.set(fleet);
@@ -149,11 +164,49 @@ impl FleetLink {
     }
 }
 
+/// Every `every`, moves the expiry of the reservations this process holds
+/// to now + the reservation TTL. Stops when the link is dropped; when the
+/// process dies, nothing refreshes them and they expire within the TTL.
+fn refresh_held(link: Weak<FleetLink>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is at once; nothing is held yet.
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(link) = link.upgrade() else {
+                return;
+            };
+            let Some(fleet) = link.fleet.get() else {
+                continue;
+            };
+            match fleet.refresh(link.clock.now()).await {
+                Ok(done) if done.expired > 0 => tracing::warn!(
+                    expired = done.expired,
+                    held = done.held,
+                    "fleet reservations were gone from Redis before they could be refreshed \
+                     (expired while it was unreachable, or it lost its data): \
+                     their senders may go over their limits until those transactions end"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    counter!(m::FLEET_ERRORS, "op" => "refresh").increment(1);
+                    tracing::warn!(
+                        held = fleet.held(),
+                        "cannot refresh this process's fleet reservations, retrying: {e}"
+                    );
+                }
+            }
+        }
+    });
+}
+
 impl Remote for Arc<FleetLink> {
     fn commit(&self, key: &SenderKey, id: &str) {
         let (link, key, id) = (self.clone(), key.to_string(), id.to_owned());
         tokio::spawn(async move {
-            let now = SystemClock.now();
+            let now = link.clock.now();
             let longest = link.longest.load(Ordering::Relaxed);
             if let Ok(f) = link.get("commit") {
                 let _ = link.failed("commit", f.commit(&key, &id, now, longest).await);

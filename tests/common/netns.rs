@@ -1,9 +1,25 @@
 //! A network namespace of the test's own, for transparent-mode tests: made
 //! on creation, deleted on drop. Everything in it stays on its loopback.
 
+use std::path::Path;
 use std::process::Command;
 
+use super::Mailbrake;
 use super::upstream::{Opts, Upstream};
+
+/// `config/transparent.toml` as shipped, with the state directory moved to
+/// `state` and `extra` (e.g. `[[vhost]]` tables) appended.
+pub fn shipped_transparent(state: &Path, extra: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/transparent.toml");
+    let shipped = std::fs::read_to_string(&path).unwrap();
+    let dir = "dir = \"/var/lib/mailbrake\"";
+    assert_eq!(
+        shipped.matches(dir).count(),
+        1,
+        "config/transparent.toml: expected one `{dir}`"
+    );
+    shipped.replace(dir, &format!("dir = {state:?}")) + "\n" + extra
+}
 
 /// A network namespace, deleted on drop.
 pub struct Netns {
@@ -21,6 +37,24 @@ impl Netns {
             .args(["--clear-groups", "/usr/bin/python3", "-c", script])
             .args(args);
         c
+    }
+
+    /// Starts mailbrake inside the namespace the way
+    /// `config/mailbrake.service` runs it: as its own unprivileged user
+    /// `uid`, owning `state`, without any capability and unable to gain one.
+    pub fn mailbrake_as(&self, uid: u32, state: &Path, config: &str) -> Mailbrake {
+        std::os::unix::fs::chown(state, Some(uid), Some(uid)).unwrap();
+        // `Mailbrake::start_with` writes the configuration into a directory
+        // only root may enter, and appends `BINARY run -c FILE`: open that
+        // directory to mailbrake's user, then become it.
+        let wrapper = format!(
+            "chmod 0755 \"$(dirname \"$3\")\" && exec setpriv --reuid={uid} --regid={uid} \
+             --clear-groups --inh-caps=-all --ambient-caps=-all --bounding-set=-all --no-new-privs \
+             \"$0\" \"$@\""
+        );
+        let mut prefix = self.prefix();
+        prefix.extend_from_slice(&["sh", "-c", &wrapper]);
+        Mailbrake::start_with(&prefix, config)
     }
 
     /// `tag` keeps the names of concurrently running test binaries apart.

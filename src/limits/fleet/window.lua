@@ -72,6 +72,14 @@ local function bounds(...)
   return longest, keep
 end
 
+-- Sets KEY's TTL to at least SECONDS, never shorter: a peer's
+-- reservations in it may live longer than the caller's.
+local function extend_ttl(key, seconds)
+  if redis.call('TTL', key) < seconds then
+    redis.call('EXPIRE', key, seconds)
+  end
+end
+
 -- Sends in (now - w, now] (and any later: a peer's clock may run ahead).
 local function sent_within(w, now)
   if now < w then
@@ -81,14 +89,16 @@ local function sent_within(w, now)
 end
 
 -- reserve NOW EXPIRY ID [COUNT WINDOW]...
--- -> {'reserved'} | {'locked', UNTIL or -1, REASON} | {'full', RATE_INDEX, NEXT_FREE or -1}
+-- -> {'reserved', HELD} | {'locked', UNTIL or -1, REASON} | {'full', RATE_INDEX, NEXT_FREE or -1}
+-- HELD is 1 when the reservation is held in RESERVED (to be refreshed), 0
+-- when nothing needs holding (no limit, or an unlimited override).
 local function reserve()
   local now, expiry, id = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
   local rates = rates_from(5)
   redis.call('ZREMRANGEBYSCORE', RESERVED, '-inf', now)
   if redis.call('ZSCORE', RESERVED, id) then
     -- A retry of a reservation that was made (its reply was lost).
-    return { 'reserved' }
+    return { 'reserved', 1 }
   end
   local until_text, reason = in_force(LOCK, now)
   if until_text then
@@ -103,11 +113,11 @@ local function reserve()
     redis.call('ZREMRANGEBYRANK', SENDS, 0, -(keep + 1))
   end
   if limit == 'unlimited' then
-    return { 'reserved' }
+    return { 'reserved', 0 }
   end
   limit = limit or rates
   if #limit == 0 then
-    return { 'reserved' }
+    return { 'reserved', 0 }
   end
   local pending = redis.call('ZCARD', RESERVED)
   for i, rate in ipairs(limit) do
@@ -126,8 +136,30 @@ local function reserve()
     end
   end
   redis.call('ZADD', RESERVED, expiry, id)
-  redis.call('EXPIRE', RESERVED, math.max(expiry - now, 0) + TTL_MARGIN)
-  return { 'reserved' }
+  extend_ttl(RESERVED, math.max(expiry - now, 0) + TTL_MARGIN)
+  return { 'reserved', 1 }
+end
+
+-- refresh NOW EXPIRY ID... -> the IDs no longer reserved
+-- Each ID still reserved at NOW expires at EXPIRY instead (never sooner);
+-- one that has expired stays expired: its place may already be taken.
+local function refresh()
+  local now, expiry = tonumber(ARGV[2]), tonumber(ARGV[3])
+  local gone = {}
+  for i = 4, #ARGV do
+    local score = redis.call('ZSCORE', RESERVED, ARGV[i])
+    if score and tonumber(score) > now then
+      if tonumber(score) < expiry then
+        redis.call('ZADD', RESERVED, expiry, ARGV[i])
+      end
+    else
+      gone[#gone + 1] = ARGV[i]
+    end
+  end
+  if #gone < #ARGV - 3 then
+    extend_ttl(RESERVED, math.max(expiry - now, 0) + TTL_MARGIN)
+  end
+  return gone
 end
 
 -- commit NOW ID LONGEST -> 1
@@ -168,5 +200,7 @@ elseif op == 'commit' then
   return commit()
 elseif op == 'counts' then
   return counts()
+elseif op == 'refresh' then
+  return refresh()
 end
 return redis.error_reply('mailbrake fleet: unknown operation ' .. tostring(op))
