@@ -20,7 +20,6 @@ use crate::driver::{self, DriverEnv};
 use crate::leg::Leg;
 use crate::limits::enforce::Enforcer;
 use crate::limits::shared::FleetLink;
-use crate::limits::unsaved::Guarded;
 use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
@@ -654,14 +653,7 @@ async fn serve(
     if owner.is_some() || vhost.is_some() {
         tracing::debug!(?owner, ?vhost, "sender lookup");
     }
-    let enforcer = Enforcer::new(
-        limiter.clone(),
-        protect,
-        client.0.ip(),
-        vhost.clone(),
-        fleet,
-    );
-    let mut policy = Guarded::new(enforcer, limiter, client.0.ip(), vhost);
+    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
 
     let mut client_leg = Leg::Plain(stream);
     if rt.cfg.tls == ClientTls::Implicit {

@@ -231,8 +231,29 @@ impl Enforcer {
     }
 }
 
+impl Enforcer {
+    /// While the limits cannot be saved (see [`Limiter::unsaved`]), every
+    /// recipient is deferred, whatever its limit and in every mode: each one
+    /// sent adds to the changes held in memory, which must stop growing. No
+    /// reservation is made for it.
+    fn defer_unsaved(&mut self, check: &RcptCheck) -> Verdict {
+        if let Some(key) = self.key_for(check) {
+            tracing::info!(sender = %key, rcpt = %check.recipient, reply = UNSAVED_REPLY, "recipient refused");
+            m::count_recipient(key.class().as_str(), "deferred", "over_limit");
+        }
+        Verdict::Refuse(UNSAVED_REPLY.into())
+    }
+}
+
+/// The reply to every recipient while the limits cannot be saved.
+pub const UNSAVED_REPLY: &str =
+    "451 4.3.0 Recipient limits cannot be saved right now; try again later";
+
 impl SessionPolicy for Enforcer {
     fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict> {
+        if self.limiter.unsaved() {
+            return Box::pin(std::future::ready(self.defer_unsaved(check)));
+        }
         match self.fleet.clone() {
             Some((link, remote)) => Box::pin(self.check_fleet(check, link, remote)),
             None => Box::pin(std::future::ready(self.check_local(check))),
@@ -321,5 +342,49 @@ pub fn refusal_text(
                 lock.reason
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LimitsConfig, ProtectConfig};
+    use crate::limits::{Policy, SystemClock};
+
+    fn rcpt() -> RcptCheck {
+        RcptCheck {
+            recipient: "bob@example.net".into(),
+            mail_from: "alice@example.com".into(),
+            user: None,
+            first_in_transaction: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn recipients_are_deferred_unreserved_while_the_limits_are_unsaved() {
+        let limiter = Arc::new(Limiter::new(
+            Policy::new(&LimitsConfig::default()),
+            Box::new(SystemClock),
+        ));
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let protect = Arc::new(Protect::new(&ProtectConfig::default()));
+        let mut e = Enforcer::new(limiter.clone(), protect, ip, None, None);
+        let key = e.key().unwrap();
+        let pending = || limiter.status(&key, Some(ip)).pending;
+        assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept);
+        assert_eq!(pending(), 1, "an accepted recipient is reserved");
+        e.on_tx(TxEvent::RcptReply { accepted: true });
+        e.on_tx(TxEvent::Reset);
+        assert_eq!(pending(), 0, "and released by an accepted RSET");
+
+        assert!(!limiter.set_unsaved(true));
+        assert_eq!(
+            e.check_rcpt(&rcpt()).await,
+            Verdict::Refuse(UNSAVED_REPLY.into())
+        );
+        assert_eq!(pending(), 0, "a deferred recipient is never reserved");
+        assert!(limiter.set_unsaved(false));
+        assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept);
+        assert_eq!(pending(), 1);
     }
 }

@@ -13,7 +13,6 @@
 //! - [`ledger`]: one session's reservations, committed or released as its
 //!   transactions end, released when it disconnects.
 //! - [`fleet`]: fleet mode: windows, locks and overrides shared in Redis.
-//! - [`unsaved`]: recipients deferred while the state cannot be saved.
 //!
 //! [`Limiter`] shares the engine between sessions: keys are spread over
 //! shards, each behind its own mutex, so decisions on different keys rarely
@@ -29,7 +28,6 @@ pub mod operate;
 pub mod policy;
 pub mod shared;
 pub mod store;
-pub mod unsaved;
 pub mod vhosts;
 pub mod window;
 
@@ -78,7 +76,7 @@ pub struct Limiter {
     /// Operators' overrides (see [`operate`]).
     runtime: Mutex<std::collections::HashMap<SenderKey, operate::RuntimeOverride>>,
     /// Set by the state thread while more changes wait for the database
-    /// than `[state] max_unsaved_changes` (see [`unsaved`]).
+    /// than `[state] max_unsaved_changes` (the session's [`enforce::Enforcer`] then defers every recipient).
     unsaved: AtomicBool,
 }
 

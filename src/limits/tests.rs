@@ -119,12 +119,13 @@ fn ledger_commits_delivered_and_releases_the_rest() {
     ledger.rcpt_reply(true);
     ledger.rcpt_reply(false); // the upstream refused this one: released
     ledger.rcpt_reply(true);
-    ledger.transaction_end(true);
+    ledger.end_sent();
+    ledger.end_reply(true);
     assert_eq!(l.status(&k, None).rates[0].1, 2, "two sent");
     // An abandoned transaction (RSET) and a disconnect release.
     ledger.forwarded(reserve());
     ledger.rcpt_reply(true);
-    ledger.transaction_end(false);
+    ledger.reset();
     ledger.forwarded(reserve());
     drop(ledger);
     let status = l.status(&k, None);
@@ -148,7 +149,8 @@ fn fifty_parallel_sessions_never_exceed_the_limit_together() {
                         got += 1;
                     }
                 }
-                ledger.transaction_end(true);
+                ledger.end_sent();
+                ledger.end_reply(true);
                 got
             })
         })
