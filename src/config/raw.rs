@@ -76,6 +76,7 @@ pub(super) struct RawSession {
     pub max_auth_line_length: Option<i64>,
     pub max_commands_without_mail: Option<i64>,
     pub max_reply_bytes: Option<i64>,
+    pub min_data_rate: Option<i64>,
 }
 
 /// `[timeouts]`, humantime strings such as `"30s"` or `"5m"`.

@@ -100,6 +100,11 @@ pub struct SessionLimits {
     pub max_commands_without_mail: NonZeroUsize,
     /// Longest reply accepted from the upstream, all lines together.
     pub max_reply_bytes: NonZeroUsize,
+    /// A message body (DATA, or one BDAT chunk) must arrive at this many
+    /// bytes a second on average, after `timeouts.client_data` of grace, as
+    /// Postfix's `smtpd_min_data_rate`: a client trickling its body cannot
+    /// hold a session for ever. Default 500.
+    pub min_data_rate: NonZeroUsize,
 }
 
 /// `[timeouts]`, RFC 5321 section 4.5.3.2 defaults.
@@ -146,6 +151,7 @@ impl Default for SessionLimits {
             max_auth_line_length: n(12288),
             max_commands_without_mail: n(100),
             max_reply_bytes: n(65536),
+            min_data_rate: n(500),
         }
     }
 }

@@ -314,6 +314,14 @@ fn session(p: &mut Problems, raw: RawSession) -> Option<SessionLimits> {
         MIN_REPLY_BYTES,
         "bytes; RFC 5321 4.5.3.1.5 allows reply lines of 512",
     );
+    let min_data_rate = count(
+        p,
+        "session.min_data_rate",
+        raw.min_data_rate,
+        d.min_data_rate,
+        1,
+        "bytes a second",
+    );
     if let (Some(line), Some(auth)) = (max_line_length, max_auth_line_length)
         && auth < line
     {
@@ -331,6 +339,7 @@ fn session(p: &mut Problems, raw: RawSession) -> Option<SessionLimits> {
         max_auth_line_length: max_auth_line_length?,
         max_commands_without_mail: max_commands_without_mail?,
         max_reply_bytes: max_reply_bytes?,
+        min_data_rate: min_data_rate?,
     })
 }
 

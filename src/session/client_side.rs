@@ -21,6 +21,7 @@ impl Session {
         let mut pos = 0;
         while pos < input.len() && !self.client_blocked() {
             let rest = &input[pos..];
+            let in_body = self.in_body();
             let used = match &mut self.phase {
                 Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
                     Line::Whole(line) if self.must_wait(line) => {
@@ -100,6 +101,9 @@ impl Session {
                 Phase::ClientTlsHandshake | Phase::Closed => rest.len(),
                 Phase::Setup => break,
             };
+            if in_body {
+                self.body_bytes += used as u64;
+            }
             pos += used;
         }
         pos
@@ -309,7 +313,7 @@ impl Session {
                     self.local(replies::NO_VALID_RECIPIENTS, Then::Nothing);
                     // A client that did not wait for 354 sent its body already.
                     if self.bytes_after_line > 0 {
-                        self.phase = Phase::DiscardData(DataScanner::new());
+                        self.start_body(Phase::DiscardData(DataScanner::new()), now);
                     }
                 } else {
                     self.sync = true;
@@ -337,10 +341,8 @@ impl Session {
                     None => self.forward(parsable, Expect::Bdat { last: false }, now),
                 }
                 if remaining > 0 {
-                    self.phase = Phase::Bdat {
-                        remaining,
-                        forward: refusal.is_none(),
-                    };
+                    let forward = refusal.is_none();
+                    self.start_body(Phase::Bdat { remaining, forward }, now);
                 }
             }
             Request::Auth {

@@ -285,6 +285,9 @@ pub struct Session {
     bytes_after_line: usize,
     client_eof: bool,
     last_client_activity: Instant,
+    /// When the body being read began, and its bytes so far.
+    body_since: Instant,
+    body_bytes: u64,
     /// A 421 reached the client already; do not send another.
     said_goodbye: bool,
 }
@@ -336,6 +339,8 @@ impl Session {
             bytes_after_line: 0,
             client_eof: false,
             last_client_activity: now,
+            body_since: now,
+            body_bytes: 0,
             said_goodbye: false,
         }
     }
@@ -347,10 +352,7 @@ impl Session {
         // A body counts as activity byte by byte (RFC 5321 4.5.3.2.5 times
         // each data block); a command only once whole, so that a client
         // trickling one byte at a time cannot hold a session forever.
-        if matches!(
-            self.phase,
-            Phase::Data(_) | Phase::DiscardData(_) | Phase::Bdat { .. }
-        ) {
+        if self.in_body() {
             self.last_client_activity = now;
         }
         if self.inbuf.is_empty() {
@@ -542,11 +544,36 @@ impl Session {
         if self.pending_rcpt.is_some() || self.pending_auth.is_some() || self.client_eof {
             return None;
         }
-        let d = match self.phase {
-            Phase::Data(_) | Phase::DiscardData(_) | Phase::Bdat { .. } => t.client_data,
-            _ => t.client_command,
-        };
+        if self.in_body() {
+            // Silent for too long, or too slow on the whole (RFC 5321
+            // 4.5.3.2.5 times each block; Postfix's smtpd_min_data_rate the whole).
+            let d = t.client_data;
+            let rate = self.cfg.limits.min_data_rate.get() as u64;
+            let earned = Duration::from_secs(self.body_bytes / rate);
+            let whole = self.body_since + d + earned;
+            let idle = self.last_client_activity + d;
+            return Some(if whole < idle {
+                (whole, Failure::ClientTooSlow(rate))
+            } else {
+                (idle, Failure::ClientTimeout(d))
+            });
+        }
+        let d = t.client_command;
         Some((self.last_client_activity + d, Failure::ClientTimeout(d)))
+    }
+
+    fn in_body(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Data(_) | Phase::DiscardData(_) | Phase::Bdat { .. }
+        )
+    }
+
+    /// A body begins: its clock starts.
+    fn start_body(&mut self, phase: Phase, now: Instant) {
+        self.phase = phase;
+        self.body_since = now;
+        self.body_bytes = 0;
     }
 
     /// Queues an action; nothing is done after [`Action::Close`].

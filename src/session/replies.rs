@@ -45,6 +45,8 @@ pub enum Failure {
     UpstreamProtocol(String),
     #[error("client idle for {0:?}")]
     ClientTimeout(std::time::Duration),
+    #[error("client sent its message slower than {0} bytes a second")]
+    ClientTooSlow(u64),
     #[error("client disconnected in the middle of a message; upstream closed without end-of-data")]
     ClientGoneMidData,
     #[error("client sent more than {0} commands without a transaction")]
@@ -77,8 +79,8 @@ impl Failure {
             | UpstreamTimeout(_)
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
-            ClientTimeout(_) | ClientGoneMidData | TooManyCommands(_) | Smuggling
-            | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
+            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | TooManyCommands(_)
+            | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
             UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -104,7 +106,9 @@ impl Failure {
             UpstreamClosed | UpstreamProtocol(_) => {
                 format!("421 4.4.2 {host} lost the connection to the mail server, try again later")
             }
-            ClientTimeout(_) => format!("421 4.4.2 {host} Error: timeout exceeded"),
+            ClientTimeout(_) | ClientTooSlow(_) => {
+                format!("421 4.4.2 {host} Error: timeout exceeded")
+            }
             ClientGoneMidData => return None,
             TooManyCommands(_) => format!("421 4.7.0 {host} Error: too many commands"),
             Smuggling => format!(
@@ -194,6 +198,7 @@ mod tests {
             Failure::UpstreamClosed,
             Failure::UpstreamProtocol("x".into()),
             Failure::ClientTimeout(std::time::Duration::from_secs(1)),
+            Failure::ClientTooSlow(500),
             Failure::TooManyCommands(1),
             Failure::Smuggling,
             Failure::TooManySessions(1),

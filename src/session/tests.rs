@@ -422,13 +422,37 @@ fn a_command_trickled_byte_by_byte_still_times_out() {
         t.client_got()
             .ends_with("421 4.4.2 mb.test Error: timeout exceeded\r\n")
     );
-    // A body, though, may arrive slowly: each chunk restarts the clock.
+    // A body may pause between chunks, but on the whole it must come at
+    // min_data_rate after client_data of grace: a trickle is cut off.
     let mut t = session();
     t.greet();
     t.open_data();
-    for _ in 0..100 {
+    let grace = Timeouts::default().client_data;
+    let mut waited = Duration::ZERO;
+    while !t.closed {
         t.client(b"x");
         t.advance(Duration::from_secs(60));
+        waited += Duration::from_secs(60);
+        assert!(
+            waited <= grace + Duration::from_secs(60),
+            "still open after {waited:?}"
+        );
+    }
+    assert!(
+        t.client_got()
+            .ends_with("421 4.4.2 mb.test Error: timeout exceeded\r\n")
+    );
+    assert!(
+        !t.upstream_got().ends_with(".\r\n"),
+        "no end of data for it"
+    );
+    // At 500 bytes a second a large body takes as long as it needs.
+    let mut t = session();
+    t.greet();
+    t.open_data();
+    for _ in 0..600 {
+        t.client(&[b'x'; 1000]);
+        t.advance(Duration::from_secs(2));
     }
     assert!(!t.closed, "a slow but steady body is not a timeout");
 }

@@ -110,7 +110,7 @@ impl Session {
             Expect::Data => {
                 self.sync = false;
                 if reply.code == 354 {
-                    self.phase = Phase::Data(super::data::DataScanner::new());
+                    self.start_body(Phase::Data(super::data::DataScanner::new()), now);
                 }
                 self.relay(reply);
             }
