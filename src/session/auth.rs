@@ -7,7 +7,8 @@
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 /// A SASL username, as the client gave it (control characters removed,
 /// at most [`Username::MAX`] bytes).
@@ -109,9 +110,9 @@ impl SaslExchange {
         let decoded = if line == b"=" {
             Vec::new()
         } else {
-            match STANDARD.decode(line) {
-                Ok(d) => d,
-                Err(_) => return,
+            match decode(line) {
+                Some(d) => d,
+                None => return,
             }
         };
         self.username = match self.mechanism {
@@ -132,6 +133,38 @@ impl SaslExchange {
     pub fn username(&self) -> Option<&Username> {
         self.username.as_ref()
     }
+}
+
+/// The base64 of SASL responses, decoded at least as leniently as the
+/// servers do, wherever they all decode to the same bytes:
+///
+/// - Dovecot 2.3 (`base64_decode`, the one Postfix's Dovecot SASL reaches,
+///   checked against 2.3.19): skips SP, TAB, CR and LF anywhere, ignores
+///   non-zero trailing bits, needs the padding, refuses anything after it;
+/// - Cyrus SASL 2.1.28 (`sasl_decode64`, Postfix's Cyrus SASL): no
+///   whitespace, ignores trailing bits, needs the padding, refuses anything
+///   after it;
+/// - Python's `b64decode(validate=True)` (aiosmtpd): the same as Cyrus.
+///
+/// So whitespace is skipped, trailing bits are ignored, and padding may be
+/// missing (a decoder that accepts that decodes to the same bytes). Data
+/// after the padding is refused: the decoders that accept it disagree (some
+/// stop at the padding, others decode on), so no username read from it
+/// could be trusted to be the server's.
+const SASL_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn decode(text: &[u8]) -> Option<Vec<u8>> {
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .collect();
+    SASL_BASE64.decode(compact).ok()
 }
 
 /// PLAIN: `authzid NUL authcid NUL passwd`; the identity is the authcid.
@@ -163,10 +196,57 @@ fn scram_user(d: &[u8]) -> Option<Username> {
 
 #[cfg(test)]
 mod tests {
+    use base64::engine::general_purpose::STANDARD;
+
     use super::*;
 
     fn b64(s: &[u8]) -> Vec<u8> {
         STANDARD.encode(s).into_bytes()
+    }
+
+    #[test]
+    fn decodes_base64_as_leniently_as_the_servers() {
+        // "\0user\0pw" is AHVzZXIAcHc= (one padding byte); "user" is dXNlcg== (two).
+        let ok = |s: &str| Some(s.as_bytes().to_vec());
+        let cases: &[(&[u8], Option<Vec<u8>>)] = &[
+            (b"AHVzZXIAcHc=", ok("\0user\0pw")),
+            (b"dXNlcg==", ok("user")),
+            // Padding missing, in part or whole.
+            (b"AHVzZXIAcHc", ok("\0user\0pw")),
+            (b"dXNlcg", ok("user")),
+            (b"dXNlcg=", ok("user")),
+            // Non-zero trailing bits (Dovecot, Cyrus and Python ignore them).
+            (b"AHVzZXIAcHd=", ok("\0user\0pw")),
+            (b"dXNlch==", ok("user")),
+            (b"dXNlcv==", ok("user")),
+            (b"dXNlch", ok("user")),
+            // Whitespace anywhere, padding included (Dovecot skips it).
+            (b"AHVz ZXIAcHc=", ok("\0user\0pw")),
+            (b" dXNlcg== ", ok("user")),
+            (b"dX\tNl\r\ncg=\t=", ok("user")),
+            (b"", ok("")),
+            // Data after the padding: decoders disagree on it.
+            (b"dXNlcg==ZXZpbA==", None),
+            (b"dXNlcg==Zg", None),
+            (b"AHVzZXIAcHc==", None),
+            (b"dXNlcg===", None),
+            (b"dXNl=cg==", None),
+            // Not base64 at all.
+            (b"=", None),
+            (b"dXNlc", None),
+            (b"dXN!lcg==", None),
+            (b"dXNl-cg_", None),
+            (b"dXNlcg==\x0b", None),
+            (b"\xffdXNlcg==", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                &decode(text),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(text)
+            );
+        }
     }
 
     #[test]
