@@ -47,6 +47,7 @@ pub const AUTH_MECHANISMS: &[&str] = &[
     "PLAIN",
     "LOGIN",
     "CRAM-MD5",
+    "DIGEST-MD5",
     "XOAUTH2",
     "OAUTHBEARER",
     "SCRAM",

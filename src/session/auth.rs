@@ -1,16 +1,37 @@
 //! AUTH: reading the username out of a relayed SASL exchange, so it can
 //! become the session's identity once the upstream answers 235.
 //!
-//! Only the username is ever kept. Passwords, digests and tokens are decoded
-//! into a temporary buffer and dropped; nothing here is ever logged.
+//! The identity is worth something only if it is the one the MTA accepted: a
+//! client whose username mailbrake cannot read would be counted under its
+//! address instead (a larger bucket, or someone else's), and one whose
+//! username mailbrake reads differently from the MTA would be counted under
+//! someone else's name. So mailbrake reads a username only where the servers
+//! all read the same one, and the rest must not reach the MTA:
+//!
+//! - a mechanism it cannot read a user from is removed from the EHLO reply,
+//!   and an AUTH with it is refused ([`Mechanism::user_readable`]);
+//! - a response it cannot read ([`SaslExchange::unreadable`]) is not
+//!   forwarded: the AUTH line is answered locally, a later response is
+//!   replaced by a cancellation (`*`).
+//!
+//! Only the username is ever kept. Only the message that names the user is
+//! decoded (with a PLAIN password in it, into a temporary buffer that is
+//! dropped); passwords, digests and tokens in later messages are never
+//! looked at, and nothing here is ever logged.
+
+mod read;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 
 use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
-/// A SASL username, as the client gave it (control characters removed,
-/// at most [`Username::MAX`] bytes).
+/// A SASL username, as the server will see it: valid UTF-8, no control
+/// characters, 1 to [`Username::MAX`] bytes. Anything else is
+/// [`Unreadable::Username`], never cleaned up into another name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Username(String);
 
@@ -18,12 +39,9 @@ impl Username {
     pub const MAX: usize = 256;
 
     fn new(raw: &[u8]) -> Option<Self> {
-        let text = String::from_utf8_lossy(raw);
-        let clean: String = text.chars().filter(|c| !c.is_control()).collect();
-        if clean.is_empty() || clean.len() > Self::MAX {
-            return None;
-        }
-        Some(Username(clean))
+        let text = std::str::from_utf8(raw).ok()?;
+        let fits = (1..=Self::MAX).contains(&text.len());
+        (fits && !text.chars().any(char::is_control)).then(|| Username(text.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -37,15 +55,34 @@ impl fmt::Display for Username {
     }
 }
 
-/// The mechanisms mailbrake can read a username from.
+/// The SASL mechanisms, as far as mailbrake tells them apart.
+///
+/// Every one but [`Mechanism::Other`] names its user in a client message
+/// (see `read.rs` for where). `Other` is everything mailbrake cannot read a
+/// user from, so it is never offered to the client:
+/// GSSAPI, GSS-SPNEGO, GS2-KRB5, KERBEROS_V4/V5 (the principal travels inside
+/// a Kerberos ticket); NTLM (in a binary message, mapped to an account by the
+/// server); EXTERNAL (the identity comes from a TLS client certificate, and
+/// mailbrake terminates TLS); ANONYMOUS (no identity); the `*-PLUS` variants
+/// (channel binding cannot cross a TLS-terminating proxy); OTP, SKEY, SECURID,
+/// NMAS and the other rarely deployed ones; and any name smtp-proto does not
+/// know (SCRAM-SHA-512, for one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
+    /// RFC 4616.
     Plain,
+    /// draft-murchison-sasl-login.
     Login,
+    /// RFC 2195.
     CramMd5,
-    XOauth2,
-    OAuthBearer,
+    /// RFC 2831.
+    DigestMd5,
+    /// SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677).
     Scram,
+    /// Google's XOAUTH2.
+    XOauth2,
+    /// RFC 7628.
+    OAuthBearer,
     Other,
 }
 
@@ -56,11 +93,40 @@ impl Mechanism {
             AUTH_PLAIN => Mechanism::Plain,
             AUTH_LOGIN => Mechanism::Login,
             AUTH_CRAM_MD5 => Mechanism::CramMd5,
+            AUTH_DIGEST_MD5 => Mechanism::DigestMd5,
             AUTH_XOAUTH2 => Mechanism::XOauth2,
             AUTH_OAUTHBEARER => Mechanism::OAuthBearer,
             AUTH_SCRAM_SHA_1 | AUTH_SCRAM_SHA_256 => Mechanism::Scram,
             _ => Mechanism::Other,
         }
+    }
+
+    /// A mechanism named in an EHLO `AUTH` line, read by the same parser as
+    /// the client's `AUTH` command, so that what the client is offered and
+    /// what it may then use can never disagree.
+    pub fn from_name(name: &[u8]) -> Self {
+        let mut line = Vec::with_capacity(name.len() + 7);
+        line.extend_from_slice(b"AUTH ");
+        line.extend_from_slice(name);
+        line.extend_from_slice(b"\r\n");
+        match smtp_proto::Request::parse(&mut line.iter()) {
+            Ok(smtp_proto::Request::Auth { mechanism, .. }) => Self::from_smtp_proto(mechanism),
+            _ => Mechanism::Other,
+        }
+    }
+
+    /// Whether mailbrake reads the username from this mechanism's messages.
+    /// Only these are offered in the EHLO reply; an `AUTH` with any other is
+    /// to be answered locally with `replies::AUTH_MECHANISM_UNAVAILABLE`.
+    pub fn user_readable(self) -> bool {
+        self != Mechanism::Other
+    }
+
+    /// The server speaks first (a challenge), so the user is named in the
+    /// first continuation, and an initial response is a protocol error that
+    /// servers handle differently (Dovecot ignores it).
+    fn server_first(self) -> bool {
+        matches!(self, Mechanism::CramMd5 | Mechanism::DigestMd5)
     }
 
     /// Name for logs and metrics labels.
@@ -69,6 +135,7 @@ impl Mechanism {
             Mechanism::Plain => "PLAIN",
             Mechanism::Login => "LOGIN",
             Mechanism::CramMd5 => "CRAM-MD5",
+            Mechanism::DigestMd5 => "DIGEST-MD5",
             Mechanism::XOauth2 => "XOAUTH2",
             Mechanism::OAuthBearer => "OAUTHBEARER",
             Mechanism::Scram => "SCRAM",
@@ -77,170 +144,164 @@ impl Mechanism {
     }
 }
 
+/// Why an exchange's username cannot be read. Says nothing of the message
+/// itself, so it may be logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("mechanism names no user mailbrake can read")]
+    Mechanism,
+    #[error("initial response to a mechanism where the server speaks first")]
+    InitialResponse,
+    #[error("more than one word after the mechanism")]
+    Command,
+    #[error("not base64")]
+    Base64,
+    #[error("not in the mechanism's syntax")]
+    Syntax,
+    #[error("no username in the message")]
+    NoUser,
+    #[error("authorization identity differs from the username")]
+    Authzid,
+    #[error("username empty, over 256 bytes, not UTF-8 or with control characters")]
+    Username,
+}
+
 /// Follows one AUTH exchange from the client's side.
 #[derive(Debug, Clone)]
 pub struct SaslExchange {
     pub mechanism: Mechanism,
-    /// Client responses seen so far (the initial response counts).
-    responses: u32,
-    username: Option<Username>,
+    reading: Reading,
+}
+
+/// How far an exchange got with its username.
+#[derive(Debug, Clone)]
+enum Reading {
+    /// The message that names the user has not come yet.
+    Awaiting,
+    Known(Username),
+    Unreadable(Unreadable),
+    /// The client cancelled (`*`) before naming a user.
+    Cancelled,
 }
 
 impl SaslExchange {
-    /// Starts an exchange; `initial` is the initial response on the AUTH line, if any.
+    /// Starts an exchange; `initial` is the initial response as smtp-proto
+    /// gives it: empty when there is none, `=` when it is empty (RFC 4954).
     pub fn start(mechanism: Mechanism, initial: &[u8]) -> Self {
         let mut x = SaslExchange {
             mechanism,
-            responses: 0,
-            username: None,
+            reading: Reading::Awaiting,
         };
-        if !initial.is_empty() {
-            x.on_response(initial);
+        if !mechanism.user_readable() {
+            x.reading = Reading::Unreadable(Unreadable::Mechanism);
+            return x;
+        }
+        match initial {
+            b"" => {}
+            _ if mechanism.server_first() => {
+                x.reading = Reading::Unreadable(Unreadable::InitialResponse);
+            }
+            // An empty LOGIN initial response is no username: Dovecot then
+            // asks for it, and the next message names the user.
+            b"=" if mechanism == Mechanism::Login => {}
+            b"=" => x.read(Ok(Vec::new())),
+            _ => x.read(decode(initial)),
         }
         x
     }
 
-    /// One client response line (base64, without its line ending).
+    /// Starts an exchange from the client's whole AUTH command line (without
+    /// its line ending), reading the initial response as the upstream will:
+    /// everything after the mechanism. More than one word there is
+    /// [`Unreadable::Command`] (Postfix, Dovecot and aiosmtpd answer 501 to
+    /// it; smtp-proto keeps the first word, and a lenient server might join
+    /// them).
+    pub fn from_command(mechanism: Mechanism, line: &[u8]) -> Self {
+        let mut words = line
+            .split(|&b| b == b' ' || b == b'\t')
+            .filter(|w| !w.is_empty())
+            .skip(2); // AUTH, the mechanism
+        let initial = words.next().unwrap_or(b"");
+        if words.next().is_some() {
+            return SaslExchange {
+                mechanism,
+                reading: Reading::Unreadable(Unreadable::Command),
+            };
+        }
+        Self::start(mechanism, initial)
+    }
+
+    /// One client response line (base64, without its line ending). Only the
+    /// message that names the user is read; later ones are not looked at.
     pub fn on_response(&mut self, line: &[u8]) {
-        self.responses += 1;
-        if self.username.is_some() || self.responses > 1 {
+        if !matches!(self.reading, Reading::Awaiting) {
             return;
         }
-        let decoded = if line == b"=" {
-            Vec::new()
+        if line == b"*" {
+            self.reading = Reading::Cancelled;
         } else {
-            match STANDARD.decode(line) {
-                Ok(d) => d,
-                Err(_) => return,
-            }
-        };
-        self.username = match self.mechanism {
-            Mechanism::Plain => plain_authcid(&decoded),
-            Mechanism::Login => Username::new(&decoded),
-            Mechanism::CramMd5 => decoded
-                .iter()
-                .rposition(|&b| b == b' ')
-                .and_then(|sp| Username::new(&decoded[..sp])),
-            Mechanism::XOauth2 => field(&decoded, b"user=", 0x01),
-            Mechanism::OAuthBearer => field(&decoded, b"a=", b','),
-            Mechanism::Scram => scram_user(&decoded),
-            Mechanism::Other => None,
+            self.read(decode(line));
+        }
+    }
+
+    fn read(&mut self, message: Result<Vec<u8>, Unreadable>) {
+        let mechanism = self.mechanism;
+        self.reading = match message.and_then(|m| read::username(mechanism, &m)) {
+            Ok(user) => Reading::Known(user),
+            Err(why) => Reading::Unreadable(why),
         };
     }
 
     /// The username, once the client has sent it.
     pub fn username(&self) -> Option<&Username> {
-        self.username.as_ref()
-    }
-}
-
-/// PLAIN: `authzid NUL authcid NUL passwd`; the identity is the authcid.
-fn plain_authcid(d: &[u8]) -> Option<Username> {
-    let mut parts = d.splitn(3, |&b| b == 0);
-    let _authzid = parts.next()?;
-    let authcid = parts.next()?;
-    parts.next()?;
-    Username::new(authcid)
-}
-
-/// The value after `key` in a `sep`-separated list.
-fn field(d: &[u8], key: &[u8], sep: u8) -> Option<Username> {
-    d.split(|&b| b == sep || b == 0x01)
-        .find_map(|part| part.strip_prefix(key))
-        .and_then(Username::new)
-}
-
-/// SCRAM client-first-message: `gs2-header n=user,r=nonce`, with `=2C` and `=3D` escapes.
-fn scram_user(d: &[u8]) -> Option<Username> {
-    let raw = d
-        .split(|&b| b == b',')
-        .find_map(|part| part.strip_prefix(b"n="))?;
-    let text = String::from_utf8_lossy(raw)
-        .replace("=2C", ",")
-        .replace("=3D", "=");
-    Username::new(text.as_bytes())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn b64(s: &[u8]) -> Vec<u8> {
-        STANDARD.encode(s).into_bytes()
-    }
-
-    #[test]
-    fn reads_the_username_of_each_mechanism() {
-        // (mechanism, initial response, later responses, username)
-        type Case = (Mechanism, Vec<u8>, Vec<Vec<u8>>, Option<&'static str>);
-        let cases: Vec<Case> = vec![
-            (
-                Mechanism::Plain,
-                b64(b"\0alice@example.com\0secret"),
-                vec![],
-                Some("alice@example.com"),
-            ),
-            (
-                Mechanism::Plain,
-                vec![],
-                vec![b64(b"admin\0bob\0pw")],
-                Some("bob"),
-            ),
-            (
-                Mechanism::Login,
-                vec![],
-                vec![b64(b"carol"), b64(b"pw")],
-                Some("carol"),
-            ),
-            (
-                Mechanism::Login,
-                b64(b"dave"),
-                vec![b64(b"pw")],
-                Some("dave"),
-            ),
-            (
-                Mechanism::CramMd5,
-                vec![],
-                vec![b64(b"erin b913a602c7eda7a495b4e6e7334d3890")],
-                Some("erin"),
-            ),
-            (
-                Mechanism::XOauth2,
-                b64(b"user=frank@example.com\x01auth=Bearer tok\x01\x01"),
-                vec![],
-                Some("frank@example.com"),
-            ),
-            (
-                Mechanism::OAuthBearer,
-                b64(b"n,a=grace@example.com,\x01auth=Bearer t\x01\x01"),
-                vec![],
-                Some("grace@example.com"),
-            ),
-            (
-                Mechanism::Scram,
-                b64(b"n,,n=h=2Ci,r=abc"),
-                vec![],
-                Some("h,i"),
-            ),
-            (Mechanism::Plain, b"!!notbase64".to_vec(), vec![], None),
-            (Mechanism::Plain, b"=".to_vec(), vec![], None),
-            (Mechanism::Other, b64(b"x"), vec![], None),
-        ];
-        for (mech, initial, responses, expected) in cases {
-            let mut x = SaslExchange::start(mech, &initial);
-            for r in &responses {
-                x.on_response(r);
-            }
-            assert_eq!(x.username().map(Username::as_str), expected, "{mech:?}");
+        match &self.reading {
+            Reading::Known(user) => Some(user),
+            _ => None,
         }
     }
 
-    #[test]
-    fn password_is_never_taken_as_username() {
-        // LOGIN: a second response (the password) must not replace a missing first.
-        let mut x = SaslExchange::start(Mechanism::Login, b"");
-        x.on_response(b"*bad*");
-        x.on_response(&b64(b"password"));
-        assert_eq!(x.username(), None);
+    /// Why the username cannot be read, once that is known. The line that
+    /// made it so must not reach the upstream: after [`SaslExchange::start`]
+    /// or [`SaslExchange::from_command`], answer the AUTH line with
+    /// `replies::AUTH_UNREADABLE`; after [`SaslExchange::on_response`],
+    /// send `*` upstream instead, which ends the exchange with the
+    /// upstream's 501 (RFC 4954 §4).
+    pub fn unreadable(&self) -> Option<Unreadable> {
+        match self.reading {
+            Reading::Unreadable(why) => Some(why),
+            _ => None,
+        }
     }
+}
+
+/// The base64 of SASL responses, decoded at least as leniently as the
+/// servers do, wherever they all decode to the same bytes:
+///
+/// - Dovecot 2.3 (`base64_decode`, the one Postfix's Dovecot SASL reaches,
+///   checked against 2.3.19): skips SP, TAB, CR and LF anywhere, ignores
+///   non-zero trailing bits, needs the padding, refuses anything after it;
+/// - Cyrus SASL 2.1.28 (`sasl_decode64`, Postfix's Cyrus SASL): no
+///   whitespace, ignores trailing bits, needs the padding, refuses anything
+///   after it;
+/// - Python's `b64decode(validate=True)` (aiosmtpd): the same as Cyrus.
+///
+/// So whitespace is skipped, trailing bits are ignored, and padding may be
+/// missing (a decoder that accepts that decodes to the same bytes). Data
+/// after the padding is refused: the decoders that accept it disagree (some
+/// stop at the padding, others decode on), so no username read from it
+/// could be trusted to be the server's.
+const SASL_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn decode(text: &[u8]) -> Result<Vec<u8>, Unreadable> {
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .collect();
+    SASL_BASE64.decode(compact).map_err(|_| Unreadable::Base64)
 }

@@ -168,12 +168,19 @@ impl Session {
     /// One SASL response line, forwarded unchanged and never logged.
     fn on_sasl_line(&mut self, line: &[u8], now: Instant) {
         let body = trim_eol(line);
+        let mut line = line;
         let mut learnt = None;
         if let Some(sasl) = &mut self.sasl {
             let before = sasl.username().is_some();
             sasl.on_response(body);
             if !before {
                 learnt = sasl.username().cloned();
+            }
+            if let Some(why) = sasl.unreadable() {
+                // Never forward what mailbrake cannot read: cancel the
+                // exchange instead (RFC 4954 §4), the upstream answers 501.
+                tracing::info!(mechanism = sasl.mechanism.name(), reason = %why, "AUTH cancelled: username unreadable");
+                line = b"*\r\n";
             }
         }
         self.phase = Phase::Command;
@@ -345,17 +352,23 @@ impl Session {
                     self.start_body(Phase::Bdat { remaining, forward }, now);
                 }
             }
-            Request::Auth {
-                mechanism,
-                initial_response,
-            } => {
+            Request::Auth { mechanism, .. } => {
                 if !self.client_tls && !self.cfg.allow_plaintext_auth {
                     self.local(replies::AUTH_NEEDS_TLS, Then::Nothing);
                     return;
                 }
                 let mech = Mechanism::from_smtp_proto(mechanism);
                 tracing::debug!(mechanism = mech.name(), "AUTH");
-                let sasl = SaslExchange::start(mech, initial_response.as_bytes());
+                if !mech.user_readable() {
+                    self.local(replies::AUTH_MECHANISM_UNAVAILABLE, Then::Nothing);
+                    return;
+                }
+                let sasl = SaslExchange::from_command(mech, body);
+                if let Some(why) = sasl.unreadable() {
+                    tracing::info!(mechanism = mech.name(), reason = %why, "AUTH refused: username unreadable");
+                    self.local(replies::AUTH_UNREADABLE, Then::Nothing);
+                    return;
+                }
                 let user = sasl.username().cloned();
                 self.sasl = Some(sasl);
                 self.sync = true;

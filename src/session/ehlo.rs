@@ -3,10 +3,13 @@
 //!
 //! Rules: STARTTLS only where this listener terminates TLS (and has not yet);
 //! XCLIENT, XFORWARD and extensions that would switch the dialogue into a
-//! mode mailbrake cannot follow are never shown; `*-PLUS` SASL mechanisms
-//! (channel binding, which cannot survive a TLS-terminating proxy) are removed,
-//! and AUTH is hidden while it would be refused anyway.
+//! mode mailbrake cannot follow are never shown; a SASL mechanism mailbrake
+//! cannot read a username from is removed from the `AUTH` and `AUTH=` lines
+//! (a client using it would be counted under its address, not its login:
+//! [`Mechanism::user_readable`]), a line left with none is dropped, and AUTH
+//! is hidden while it would be refused anyway.
 
+use super::auth::Mechanism;
 use super::reply::{Reply, trim_eol};
 
 /// Extensions never shown to the client.
@@ -84,7 +87,7 @@ pub fn rewrite(reply: &Reply, offer: Offer) -> Vec<u8> {
             }
             let mechs: Vec<&[u8]> = args
                 .split(|&b| b == b' ')
-                .filter(|m| !m.is_empty() && !m.to_ascii_uppercase().ends_with(b"-PLUS"))
+                .filter(|m| !m.is_empty() && Mechanism::from_name(m).user_readable())
                 .collect();
             if mechs.is_empty() {
                 continue;
@@ -189,6 +192,81 @@ mod tests {
             ),
             b"550 no\r\n"
         );
+    }
+
+    /// What Dovecot's submission server offers with every mechanism it has,
+    /// and an old-style `AUTH=` line.
+    const DOVECOT: &[u8] = b"250-mx.example\r\n250-8BITMIME\r\n\
+250-AUTH PLAIN LOGIN CRAM-MD5 DIGEST-MD5 NTLM GSSAPI GSS-SPNEGO SCRAM-SHA-1 \
+SCRAM-SHA-256 SCRAM-SHA-1-PLUS SCRAM-SHA-256-PLUS OAUTHBEARER XOAUTH2 ANONYMOUS EXTERNAL OTP\r\n\
+250-AUTH=login plain gssapi\r\n250 SMTPUTF8\r\n";
+
+    #[test]
+    fn keeps_exactly_the_mechanisms_whose_user_mailbrake_reads() {
+        let auth = Offer {
+            starttls: false,
+            auth: true,
+        };
+        let cases: &[(&[u8], &[u8])] = &[
+            (
+                DOVECOT,
+                b"250-mx.example\r\n250-8BITMIME\r\n\
+250-AUTH PLAIN LOGIN CRAM-MD5 DIGEST-MD5 SCRAM-SHA-1 SCRAM-SHA-256 OAUTHBEARER XOAUTH2\r\n\
+250-AUTH=login plain\r\n250 SMTPUTF8\r\n",
+            ),
+            // A line left with no mechanism goes, AUTH= as well as AUTH.
+            (
+                b"250-mx\r\n250-AUTH GSSAPI NTLM\r\n250-AUTH=GSSAPI\r\n250 8BITMIME\r\n",
+                b"250-mx\r\n250 8BITMIME\r\n",
+            ),
+            (
+                b"250-mx\r\n250-AUTH=EXTERNAL\r\n250 AUTH EXTERNAL ANONYMOUS\r\n",
+                b"250 mx\r\n",
+            ),
+            // Extra spaces go; names keep their spelling.
+            (
+                b"250-mx\r\n250 AUTH  gssapi  Plain\r\n",
+                b"250-mx\r\n250 AUTH Plain\r\n",
+            ),
+        ];
+        for (upstream, expected) in cases {
+            let got = rewrite(&reply(upstream), auth);
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(expected)
+            );
+        }
+    }
+
+    #[test]
+    fn the_client_can_use_every_mechanism_shown_and_none_removed() {
+        let auth = Offer {
+            starttls: false,
+            auth: true,
+        };
+        let shown = rewrite(&reply(DOVECOT), auth);
+        let mechanisms = |raw: &[u8]| -> Vec<String> {
+            let text = String::from_utf8_lossy(raw).into_owned();
+            text.lines()
+                .filter_map(|l| l.get(4..))
+                .filter(|l| l[..4].eq_ignore_ascii_case("AUTH"))
+                .flat_map(|l| l[5..].split(' ').map(str::to_owned).collect::<Vec<_>>())
+                .filter(|m| !m.is_empty())
+                .collect()
+        };
+        let kept = mechanisms(&shown);
+        assert_eq!(kept.len(), 10, "{kept:?}");
+        for m in mechanisms(DOVECOT) {
+            // The client's AUTH command, parsed as the client side parses it.
+            let line = format!("AUTH {m}\r\n");
+            let Ok(smtp_proto::Request::Auth { mechanism, .. }) =
+                smtp_proto::Request::parse(&mut line.as_bytes().iter())
+            else {
+                panic!("{line:?} does not parse");
+            };
+            let usable = Mechanism::from_smtp_proto(mechanism).user_readable();
+            assert_eq!(usable, kept.contains(&m), "{m}");
+        }
     }
 
     #[test]

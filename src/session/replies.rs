@@ -148,6 +148,12 @@ pub const STARTTLS_ALREADY: &str = "503 5.5.1 Error: TLS already active";
 pub const IN_TRANSACTION: &str = "503 5.5.1 Error: MAIL transaction in progress";
 pub const SEND_EHLO_FIRST: &str = "503 5.5.1 Error: send HELO/EHLO first";
 pub const AUTH_NEEDS_TLS: &str = "530 5.7.0 Must issue a STARTTLS command first";
+/// AUTH with a mechanism mailbrake cannot read a username from, which the
+/// EHLO reply never offers (RFC 4954 §6).
+pub const AUTH_MECHANISM_UNAVAILABLE: &str = "504 5.5.4 Error: unrecognized authentication type";
+/// An AUTH initial response from which mailbrake cannot read the username
+/// (not base64, or not in the mechanism's syntax); never forwarded.
+pub const AUTH_UNREADABLE: &str = "501 5.5.2 Error: cannot decode the authentication response";
 pub const NO_VALID_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients";
 pub const BDAT_NOT_SUPPORTED: &str = "502 5.5.1 Error: BDAT not supported by this server";
 pub const NOT_RECOGNIZED: &str = "502 5.5.2 Error: command not recognized";

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod auth;
 mod chaos;
 
 use super::*;
