@@ -209,6 +209,52 @@ fn after_ehlo_then_helo_bdat_is_not_forwarded() {
 }
 
 #[test]
+fn a_bdat_line_the_mta_refuses_cannot_carry_commands_past_the_limit() {
+    // smtp-proto reads "BDAT n ;" as a chunk of n; Postfix answers 501 and
+    // reads the "chunk" as commands.
+    for form in [
+        "BDAT {} ;",
+        "BDAT {} LAST x",
+        "BDAT 99999999999999999999 {}",
+    ] {
+        let mut h = greeted(mta(|_| false));
+        let smuggled = format!("MAIL FROM:<a@x>\r\n{}DATA\r\nhi\r\n.\r\n", rcpts(30, "s"));
+        let line = form.replace("{}", &smuggled.len().to_string());
+        h.client(format!("{line}\r\n{smuggled}").as_bytes());
+        h.settle();
+        h.check();
+        assert!(
+            h.client_read()
+                .starts_with("501 5.5.4 Syntax: BDAT count [LAST]\r\n"),
+            "{form}"
+        );
+        assert!(h.delivered() <= 12, "{form}: {} delivered", h.delivered());
+    }
+}
+
+#[test]
+fn an_ehlo_the_mta_refuses_keeps_the_transaction() {
+    let mut helos = 0;
+    let ask = Box::new(move |a| match a {
+        Ask::Helo => {
+            helos += 1;
+            helos == 1
+        }
+        Ask::Hangup => false,
+        _ => true,
+    });
+    let mut h = greeted(ask);
+    h.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n");
+    h.settle();
+    h.client(b"EHLO again\r\n");
+    h.settle();
+    h.client(b"RCPT TO:<c@y>\r\nDATA\r\nhi\r\n.\r\n");
+    h.settle();
+    h.check();
+    assert_eq!(h.delivered(), 2, "{}", h.client_read());
+}
+
+#[test]
 fn a_leading_space_is_not_a_command() {
     let mut h = greeted(mta(|_| false));
     h.client(b" EHLO x\r\n");
@@ -288,6 +334,8 @@ const WORDS: &[&str] = &[
     "BDAT 4 LAST\r\nabcd",
     "BDAT 0 LAST\r\n",
     "BDAT 30 LAST\r\nRCPT TO:<smuggled@y>\r\nNOOP\r\n",
+    "BDAT 37 ;\r\nMAIL FROM:<m@x>\r\nRCPT TO:<smuggled@y>\r\n",
+    "BDAT 5 LAST x\r\n",
     "RSET\r\n",
     "RSET x\r\n",
     "NOOP\r\n",

@@ -23,7 +23,7 @@ const WORDS: &[&[u8]] = &[
     b"BDAT 4 LAST\r\nabcd", b"BDAT 0 LAST\r\n", b"BDAT 20 LAST\r\nRCPT TO:<z@y>\r\nDATA\r\n", b"RSET\r\n",
     b"RSET x\r\n", b"NOOP\r\n", b"NOOP x\r\n", b" RCPT TO:<sp@y>\r\n", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
     b"AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n", b"AUTH LOGIN\r\n", b"Ym9i\r\n", b"*\r\n", b"QUIT\r\n", b"STARTTLS\r\n",
-    b"DATA x\r\n", b"\n", b"\r", b"x",
+    b"DATA x\r\n", b"\n", b"\r", b"x", b"BDAT 15 ;\r\n", b"BDAT 15 LAST x\r\n",
 ];
 
 fuzz_target!(|data: &[u8]| {

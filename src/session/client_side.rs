@@ -21,7 +21,6 @@ impl Session {
         let mut pos = 0;
         while pos < input.len() && !self.client_blocked() {
             let rest = &input[pos..];
-            let in_body = self.in_body();
             let used = match &mut self.phase {
                 Phase::Command | Phase::AuthResponse => match self.take_line(rest) {
                     Line::Whole(line) if self.must_wait(line) => {
@@ -58,12 +57,14 @@ impl Session {
                 Phase::Data(scanner) => match scanner.scan(rest) {
                     Scan::More { forward } => {
                         self.body(b"", &rest[..forward]);
+                        self.count_body(rest.len());
                         rest.len()
                     }
                     Scan::End { end } => {
                         let held = scanner.take_held();
                         self.body(held, &rest[..end]);
                         self.phase = Phase::Command;
+                        self.body_clock = None;
                         self.end_message(Expect::DataEnd, now);
                         end
                     }
@@ -75,35 +76,45 @@ impl Session {
                 Phase::DiscardData(scanner) => match scanner.scan(rest) {
                     Scan::End { end } => {
                         self.phase = Phase::Command;
+                        self.body_clock = None;
                         end
                     }
-                    Scan::More { .. } => rest.len(),
+                    Scan::More { .. } => {
+                        self.count_body(rest.len());
+                        rest.len()
+                    }
                     Scan::Smuggling => {
                         // Keep discarding up to a proper end of data.
                         *scanner = DataScanner::new();
                         rest.len()
                     }
                 },
-                Phase::Bdat { remaining, forward } => {
+                Phase::Bdat {
+                    remaining,
+                    forward,
+                    last,
+                } => {
                     let n = rest
                         .len()
                         .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     *remaining -= n as u64;
-                    let (done, forward) = (*remaining == 0, *forward);
+                    let (done, forward, last) = (*remaining == 0, *forward, *last);
                     if forward {
                         self.body(b"", &rest[..n]);
                     }
                     if done {
                         self.phase = Phase::Command;
+                        // The message goes on only after a chunk forwarded.
+                        if last || !forward {
+                            self.body_clock = None;
+                        }
                     }
+                    self.count_body(n);
                     n
                 }
                 Phase::ClientTlsHandshake | Phase::Closed => rest.len(),
                 Phase::Setup => break,
             };
-            if in_body {
-                self.body_bytes += used as u64;
-            }
             pos += used;
         }
         pos
@@ -324,14 +335,20 @@ impl Session {
                     }
                 } else {
                     self.sync = true;
-                    self.forward(parsable, Expect::Data, now);
+                    self.forward(b"DATA\r\n", Expect::Data, now);
                 }
             }
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => {
-                let remaining = chunk_size as u64;
+            Request::Bdat { .. } => {
+                // smtp-proto reads more into a BDAT line than an MTA does
+                // ("BDAT 120 ;" is a chunk to it, a 501 to Postfix, which then
+                // reads the chunk as commands): only the strict form passes,
+                // and the upstream gets mailbrake's own rendering of it.
+                let Some((remaining, is_last)) = bdat_arguments(body) else {
+                    self.local(replies::BDAT_SYNTAX, Then::Nothing);
+                    return;
+                };
+                let line = format!("BDAT {remaining}{}\r\n", if is_last { " LAST" } else { "" });
+                let parsable = line.as_bytes();
                 let refusal = if !self.upstream_chunking {
                     Some(replies::BDAT_NOT_SUPPORTED)
                 } else if self.all_recipients_refused_locally() {
@@ -349,7 +366,16 @@ impl Session {
                 }
                 if remaining > 0 {
                     let forward = refusal.is_none();
-                    self.start_body(Phase::Bdat { remaining, forward }, now);
+                    self.start_body(
+                        Phase::Bdat {
+                            remaining,
+                            forward,
+                            last: is_last,
+                        },
+                        now,
+                    );
+                } else if is_last {
+                    self.body_clock = None;
                 }
             }
             Request::Auth { mechanism, .. } => {
@@ -393,13 +419,14 @@ impl Session {
             }
             Request::Rset => {
                 self.tx = None;
+                self.body_clock = None;
                 if self.count_command() {
-                    self.forward(parsable, Expect::Rset, now);
+                    self.forward(b"RSET\r\n", Expect::Rset, now);
                 }
             }
             Request::Quit => {
                 self.sync = true;
-                self.forward(parsable, Expect::Quit, now);
+                self.forward(b"QUIT\r\n", Expect::Quit, now);
             }
             Request::Noop { .. } => {
                 // Its argument means nothing; the upstream gets none to misread.
@@ -426,9 +453,6 @@ impl Session {
     fn on_helo(&mut self, host: String, line: &[u8], expect: Expect, now: Instant) {
         self.greeted = true;
         self.helo = Some(host);
-        self.tx = None;
-        // Learnt again from the EHLO reply; a HELO session has no BDAT.
-        self.upstream_chunking = false;
         if self.count_command() {
             self.sync = true;
             self.send_helo(line, expect, now);
@@ -502,6 +526,26 @@ impl Session {
     }
 }
 
+/// The arguments of a BDAT line in the strict form MTAs accept (RFC 3030:
+/// `BDAT SP 1*DIGIT [SP "LAST"]`): the chunk size and whether it is the last.
+fn bdat_arguments(body: &[u8]) -> Option<(u64, bool)> {
+    let text = std::str::from_utf8(body.get(4..)?).ok()?;
+    let mut words = text.split_ascii_whitespace();
+    let size = words.next()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    if words.next().is_some() || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let size: u64 = size.parse().ok()?;
+    // Beyond what a usize holds smtp-proto saturates; no MTA takes such a chunk.
+    usize::try_from(size).ok()?;
+    Some((size, last))
+}
+
 /// What [`Session::take_line`] found at the front of the client's input.
 enum Line<'a> {
     /// A whole line, its LF included.
@@ -528,7 +572,31 @@ fn command_for_log(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::command_for_log;
+    use super::{bdat_arguments, command_for_log};
+
+    #[test]
+    fn bdat_lines_pass_only_in_their_strict_form() {
+        let cases: &[(&[u8], Option<(u64, bool)>)] = &[
+            (b"BDAT 120", Some((120, false))),
+            (b"bdat 0 last", Some((0, true))),
+            (b"BDAT  7\t LAST ", Some((7, true))),
+            (b"BDAT 120 ;", None),
+            (b"BDAT 120 LAST x", None),
+            (b"BDAT 99999999999999999999 120", None),
+            (b"BDAT 99999999999999999999", None),
+            (b"BDAT +5", None),
+            (b"BDAT 5 LASTX", None),
+            (b"BDAT", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(
+                bdat_arguments(line),
+                *want,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
 
     #[test]
     fn auth_arguments_never_reach_logs() {

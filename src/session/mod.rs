@@ -160,8 +160,13 @@ enum Phase {
     Data(DataScanner),
     /// A DATA body answered locally (no valid recipients): discarded.
     DiscardData(DataScanner),
-    /// A BDAT chunk: `remaining` bytes forwarded, or discarded when refused locally.
-    Bdat { remaining: u64, forward: bool },
+    /// A BDAT chunk: `remaining` bytes forwarded, or discarded when refused
+    /// locally; `last` ends its message.
+    Bdat {
+        remaining: u64,
+        forward: bool,
+        last: bool,
+    },
     /// STARTTLS accepted: everything the client pipelined after it is dropped
     /// until the handshake is done.
     ClientTlsHandshake,
@@ -285,9 +290,9 @@ pub struct Session {
     bytes_after_line: usize,
     client_eof: bool,
     last_client_activity: Instant,
-    /// When the body being read began, and its bytes so far.
-    body_since: Instant,
-    body_bytes: u64,
+    /// When the message body being read began (a DATA body, or a BDAT
+    /// message from its first chunk to its last), and its bytes so far.
+    body_clock: Option<(Instant, u64)>,
     /// A 421 reached the client already; do not send another.
     said_goodbye: bool,
 }
@@ -339,8 +344,7 @@ impl Session {
             bytes_after_line: 0,
             client_eof: false,
             last_client_activity: now,
-            body_since: now,
-            body_bytes: 0,
+            body_clock: None,
             said_goodbye: false,
         }
     }
@@ -544,22 +548,24 @@ impl Session {
         if self.pending_rcpt.is_some() || self.pending_auth.is_some() || self.client_eof {
             return None;
         }
-        if self.in_body() {
-            // Silent for too long, or too slow on the whole (RFC 5321
-            // 4.5.3.2.5 times each block; Postfix's smtpd_min_data_rate the whole).
-            let d = t.client_data;
-            let rate = self.cfg.limits.min_data_rate.get() as u64;
-            let earned = Duration::from_secs(self.body_bytes / rate);
-            let whole = self.body_since + d + earned;
-            let idle = self.last_client_activity + d;
-            return Some(if whole < idle {
-                (whole, Failure::ClientTooSlow(rate))
-            } else {
-                (idle, Failure::ClientTimeout(d))
-            });
-        }
-        let d = t.client_command;
-        Some((self.last_client_activity + d, Failure::ClientTimeout(d)))
+        let d = if self.in_body() {
+            t.client_data
+        } else {
+            t.client_command
+        };
+        let idle = (self.last_client_activity + d, Failure::ClientTimeout(d));
+        // Silent for too long, or a message too slow on the whole (RFC 5321
+        // 4.5.3.2.5 times each block; Postfix's smtpd_min_data_rate the whole).
+        let Some((since, bytes)) = self.body_clock else {
+            return Some(idle);
+        };
+        let rate = self.cfg.limits.min_data_rate.get() as u64;
+        let whole = since + t.client_data + Duration::from_secs(bytes / rate);
+        Some(if whole < idle.0 {
+            (whole, Failure::ClientTooSlow(rate))
+        } else {
+            idle
+        })
     }
 
     fn in_body(&self) -> bool {
@@ -569,11 +575,18 @@ impl Session {
         )
     }
 
-    /// A body begins: its clock starts.
+    /// A body (or a BDAT chunk) begins: a message's clock starts with its
+    /// first, and runs until it ends.
     fn start_body(&mut self, phase: Phase, now: Instant) {
         self.phase = phase;
-        self.body_since = now;
-        self.body_bytes = 0;
+        self.body_clock.get_or_insert((now, 0));
+    }
+
+    /// Body bytes read, for the message's rate.
+    fn count_body(&mut self, n: usize) {
+        if let Some((_, bytes)) = &mut self.body_clock {
+            *bytes += n as u64;
+        }
     }
 
     /// Queues an action; nothing is done after [`Action::Close`].

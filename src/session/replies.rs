@@ -155,6 +155,7 @@ pub const AUTH_MECHANISM_UNAVAILABLE: &str = "504 5.5.4 Error: unrecognized auth
 /// (not base64, or not in the mechanism's syntax); never forwarded.
 pub const AUTH_UNREADABLE: &str = "501 5.5.2 Error: cannot decode the authentication response";
 pub const NO_VALID_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients";
+pub const BDAT_SYNTAX: &str = "501 5.5.4 Syntax: BDAT count [LAST]";
 pub const BDAT_NOT_SUPPORTED: &str = "502 5.5.1 Error: BDAT not supported by this server";
 pub const NOT_RECOGNIZED: &str = "502 5.5.2 Error: command not recognized";
 pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented";

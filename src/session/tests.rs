@@ -447,6 +447,25 @@ fn a_command_trickled_byte_by_byte_still_times_out() {
         !t.upstream_got().ends_with(".\r\n"),
         "no end of data for it"
     );
+    // A BDAT message is timed from its first chunk to its last: a trickle
+    // of one-byte chunks, each inside every per-step timeout, still ends.
+    let mut t = session();
+    t.greet();
+    t.client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n");
+    t.upstream(b"250 ok\r\n250 ok\r\n");
+    let mut waited = Duration::ZERO;
+    while !t.closed {
+        t.client(b"BDAT 1\r\n");
+        t.advance(Duration::from_secs(170));
+        t.client(b"x");
+        t.upstream(b"250 chunk\r\n");
+        t.advance(Duration::from_secs(290));
+        waited += Duration::from_secs(460);
+        assert!(
+            waited <= grace + Duration::from_secs(460),
+            "still open after {waited:?}"
+        );
+    }
     // At 500 bytes a second a large body takes as long as it needs.
     let mut t = session();
     t.greet();

@@ -62,10 +62,12 @@ impl Session {
             }
             Expect::Ehlo => {
                 self.sync = false;
-                if reply.is_positive() {
-                    self.act(Action::Tx(TxEvent::Reset));
+                if reply.code == 421 {
+                    return self.relay_goodbye(reply);
                 }
-                if reply.code == 250 {
+                if reply.is_positive() {
+                    // A new start: no transaction, and BDAT only if offered now.
+                    self.reset_transaction();
                     self.upstream_chunking = reply
                         .texts()
                         .skip(1)
@@ -80,7 +82,9 @@ impl Session {
             Expect::Helo | Expect::Quit => {
                 self.sync = false;
                 if expect == Expect::Helo && reply.is_positive() {
-                    self.act(Action::Tx(TxEvent::Reset));
+                    // A HELO session has no BDAT.
+                    self.reset_transaction();
+                    self.upstream_chunking = false;
                 }
                 self.relay(reply);
             }
@@ -161,6 +165,9 @@ impl Session {
                 self.relay(reply);
             }
             Expect::Rset => {
+                // Its transaction was closed when it was sent (what follows
+                // it may have opened another); the recipients the upstream
+                // held go.
                 if reply.is_positive() {
                     self.act(Action::Tx(TxEvent::Reset));
                 }
@@ -172,6 +179,14 @@ impl Session {
             self.close();
         }
         self.flush_local();
+    }
+
+    /// The upstream accepted an EHLO or HELO (client input waited for it):
+    /// its transaction is gone.
+    fn reset_transaction(&mut self) {
+        self.tx = None;
+        self.body_clock = None;
+        self.act(Action::Tx(TxEvent::Reset));
     }
 
     /// Relays a reply as the upstream wrote it.

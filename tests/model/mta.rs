@@ -238,11 +238,17 @@ impl Mta {
                 "502 5.5.2 command not recognized".into()
             }
             "BDAT" => {
-                let mut words = args.split_whitespace();
-                let size = words.next().and_then(|n| n.parse::<usize>().ok());
-                let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
-                match size {
-                    None => "501 Syntax: BDAT size [LAST]".into(),
+                // Postfix's rule: `BDAT count [LAST]` exactly, or a 501 and
+                // no chunk read (what follows is read as commands).
+                let words: Vec<&str> = args.split_whitespace().collect();
+                let size = words
+                    .first()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|n| n.parse::<usize>().ok());
+                let last = words.get(1).is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+                let well_formed = words.len() == 1 || (words.len() == 2 && last);
+                match size.filter(|_| well_formed) {
+                    None => "501 Syntax: BDAT count [LAST]".into(),
                     Some(0) => return self.bdat_done(last),
                     Some(remaining) => {
                         self.mode = Mode::Bdat { remaining, last };
