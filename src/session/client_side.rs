@@ -576,7 +576,8 @@ mod tests {
 
     #[test]
     fn bdat_lines_pass_only_in_their_strict_form() {
-        let cases: &[(&[u8], Option<(u64, bool)>)] = &[
+        type Case = (&'static [u8], Option<(u64, bool)>);
+        let cases: &[Case] = &[
             (b"BDAT 120", Some((120, false))),
             (b"bdat 0 last", Some((0, true))),
             (b"BDAT  7\t LAST ", Some((7, true))),
