@@ -22,12 +22,15 @@
 //! answers locally (a RCPT without MAIL, a nested MAIL, DATA with no valid
 //! recipient), always in the direction of refusing.
 
+mod actions;
 mod auth;
 mod client_side;
 pub mod data;
 mod ehlo;
 pub mod replies;
 mod reply;
+mod syntax;
+mod timing;
 mod upstream_side;
 pub mod xclient;
 
@@ -36,10 +39,11 @@ mod tests;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::{ClientTls, SessionLimits, Timeouts, UpstreamTls};
 
+pub use actions::{Action, MessageInfo, RcptCheck, TxEvent, Verdict};
 pub use auth::{Mechanism, Username};
 pub use replies::{Failure, Fault};
 
@@ -59,91 +63,6 @@ pub struct SessionConfig {
     pub xclient: bool,
     pub limits: SessionLimits,
     pub timeouts: Timeouts,
-}
-
-/// Something the driver must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Write these bytes to the client.
-    ToClient(Vec<u8>),
-    /// Write these bytes to the upstream.
-    ToUpstream(Vec<u8>),
-    /// Flush what was written to the client, then run a TLS handshake as
-    /// server on the client leg and call [`Session::on_client_tls`].
-    StartClientTls,
-    /// Run a TLS handshake as client on the upstream leg and call
-    /// [`Session::on_upstream_tls`].
-    StartUpstreamTls,
-    /// Ask the recipient policy; answer with [`Session::on_rcpt_verdict`].
-    CheckRcpt(RcptCheck),
-    /// Tell the recipient policy how its accepted recipients fared.
-    Tx(TxEvent),
-    /// May this client (and this user, when known) try AUTH now? Answer
-    /// with [`Session::on_auth_verdict`].
-    CheckAuth(Option<Username>),
-    /// An AUTH exchange ended: accepted by the upstream (`ok`) or not.
-    AuthResult {
-        user: Option<Username>,
-        mechanism: Mechanism,
-        ok: bool,
-    },
-    /// Flush what was written to the client, then close both legs. The
-    /// upstream gets nothing more: an unfinished message is never completed.
-    Close,
-}
-
-/// A recipient awaiting the policy's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RcptCheck {
-    /// The forward-path, without angle brackets.
-    pub recipient: String,
-    /// The envelope sender of the open transaction.
-    pub mail_from: String,
-    /// The AUTH username, once the upstream accepted it.
-    pub user: Option<Username>,
-    /// The first recipient of its transaction (the envelope sender is new).
-    pub first_in_transaction: bool,
-}
-
-/// What the upstream made of the commands that decide a transaction, in the
-/// order it answered them, so the policy can follow the upstream's state
-/// without ids. Every RCPT forwarded (each one after an accepting verdict)
-/// gets exactly one `RcptReply`; every end of message forwarded gets one
-/// `EndSent` and, if the upstream answers, one `End`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxEvent {
-    /// The upstream answered the oldest forwarded RCPT still unanswered.
-    RcptReply { accepted: bool },
-    /// An end of data or a last BDAT went to the upstream: from here on the
-    /// recipients before it count as sent unless the upstream refuses it.
-    EndSent,
-    /// The upstream answered the oldest end of message still unanswered:
-    /// accepted (`delivered`) or refused. Either way its transaction is over
-    /// (RFC 5321 4.1.1.4, RFC 3030 2).
-    End {
-        delivered: bool,
-        message: MessageInfo,
-    },
-    /// The upstream accepted a RSET, EHLO or HELO: the recipients it had
-    /// accepted are gone unsent.
-    Reset,
-}
-
-/// A message whose end the upstream answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MessageInfo {
-    pub size: u64,
-    /// From the end of data to the upstream's reply.
-    pub waited: Duration,
-}
-
-/// The policy's answer for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Forward the RCPT to the upstream.
-    Accept,
-    /// Answer locally with this reply line (no CRLF); the upstream never sees it.
-    Refuse(String),
 }
 
 /// The client side's phase: how the next client bytes are read.
@@ -203,17 +122,6 @@ enum Expect {
     Rset,
     Quit,
     Other,
-}
-
-impl Expect {
-    fn timeout(self, t: &Timeouts) -> Duration {
-        match self {
-            Expect::Greeting => t.upstream_greeting,
-            Expect::Data => t.upstream_data_init,
-            Expect::DataEnd | Expect::Bdat { last: true } => t.upstream_data_end,
-            _ => t.upstream_command,
-        }
-    }
 }
 
 /// What happens after a local reply is written.
@@ -530,63 +438,6 @@ impl Session {
                 self.phase,
                 Phase::Setup | Phase::ClientTlsHandshake | Phase::Closed
             )
-    }
-
-    fn next_timeout(&self) -> Option<(Instant, Failure)> {
-        if matches!(self.phase, Phase::Closed | Phase::ClientTlsHandshake) {
-            return None;
-        }
-        let t = &self.cfg.timeouts;
-        let upstream = self.queue.iter().find_map(|slot| match slot {
-            Slot::Upstream { expect, since } => Some((*expect, *since)),
-            Slot::Local { .. } => None,
-        });
-        if let Some((expect, since)) = upstream {
-            let d = expect.timeout(t);
-            return Some((since + d, Failure::UpstreamTimeout(d)));
-        }
-        if self.pending_rcpt.is_some() || self.pending_auth.is_some() || self.client_eof {
-            return None;
-        }
-        let d = if self.in_body() {
-            t.client_data
-        } else {
-            t.client_command
-        };
-        let idle = (self.last_client_activity + d, Failure::ClientTimeout(d));
-        // Silent for too long, or a message too slow on the whole (RFC 5321
-        // 4.5.3.2.5 times each block; Postfix's smtpd_min_data_rate the whole).
-        let Some((since, bytes)) = self.body_clock else {
-            return Some(idle);
-        };
-        let rate = self.cfg.limits.min_data_rate.get() as u64;
-        let whole = since + t.client_data + Duration::from_secs(bytes / rate);
-        Some(if whole < idle.0 {
-            (whole, Failure::ClientTooSlow(rate))
-        } else {
-            idle
-        })
-    }
-
-    fn in_body(&self) -> bool {
-        matches!(
-            self.phase,
-            Phase::Data(_) | Phase::DiscardData(_) | Phase::Bdat { .. }
-        )
-    }
-
-    /// A body (or a BDAT chunk) begins: a message's clock starts with its
-    /// first, and runs until it ends.
-    fn start_body(&mut self, phase: Phase, now: Instant) {
-        self.phase = phase;
-        self.body_clock.get_or_insert((now, 0));
-    }
-
-    /// Body bytes read, for the message's rate.
-    fn count_body(&mut self, n: usize) {
-        if let Some((_, bytes)) = &mut self.body_clock {
-            *bytes += n as u64;
-        }
     }
 
     /// Queues an action; nothing is done after [`Action::Close`].
