@@ -364,6 +364,10 @@ where
             mechanism,
             ok,
         } => policy.on_auth(user.as_ref(), mechanism, ok),
+        Action::CloseClient => {
+            let _ = client.flush().await;
+            let _ = client.shutdown().await;
+        }
         Action::Close => {
             let _ = client.flush().await;
             let _ = client.shutdown().await;

@@ -192,6 +192,33 @@ fn closing_over_a_pipelined_command_counts_the_message_in_flight() {
 }
 
 #[test]
+fn closing_on_the_client_still_reads_what_became_of_the_message() {
+    // A message, then a flood that makes mailbrake close; the MTA refuses
+    // the message. mailbrake closes the client's leg at once, reads the
+    // MTA's verdict, and so counts nothing (before, it could only guess,
+    // and counted the three as sent).
+    let mut h = greeted(mta(|a| a == Ask::Deliver));
+    let flood = "NOOP\r\n".repeat(101);
+    h.client(
+        format!(
+            "MAIL FROM:<a@x>\r\n{}BDAT 4 LAST\r\nabcd{flood}",
+            rcpts(3, "f")
+        )
+        .as_bytes(),
+    );
+    assert!(
+        h.client_read()
+            .ends_with("421 4.7.0 mb.test Error: too many commands\r\n")
+    );
+    assert!(!h.ended, "still reading the MTA");
+    h.settle();
+    h.check();
+    assert!(h.ended);
+    assert_eq!((h.delivered(), ip_sent(&h)), (0, 0));
+    assert_eq!(h.client_read(), "", "the client has had its last reply");
+}
+
+#[test]
 fn after_ehlo_then_helo_bdat_is_not_forwarded() {
     let mut h = greeted_with(mta(|_| false), Behaviour::default());
     h.client(b"HELO client.test\r\n");

@@ -32,6 +32,9 @@ pub enum Action {
         mechanism: Mechanism,
         ok: bool,
     },
+    /// Flush what was written to the client, then close the client's leg
+    /// only; the session goes on reading the upstream until [`Action::Close`].
+    CloseClient,
     /// Flush what was written to the client, then close both legs. The
     /// upstream gets nothing more: an unfinished message is never completed.
     Close,

@@ -113,7 +113,7 @@ impl Session {
                     self.count_body(n);
                     n
                 }
-                Phase::ClientTlsHandshake | Phase::Closed => rest.len(),
+                Phase::ClientTlsHandshake | Phase::Draining | Phase::Closed => rest.len(),
                 Phase::Setup => break,
             };
             pos += used;

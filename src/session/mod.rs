@@ -89,6 +89,11 @@ enum Phase {
     /// STARTTLS accepted: everything the client pipelined after it is dropped
     /// until the handshake is done.
     ClientTlsHandshake,
+    /// The client has had its last reply and its leg is closed; the
+    /// upstream's replies to ends of message already sent are still read,
+    /// so that what became of them is known, not guessed. Nothing more is
+    /// sent to either side.
+    Draining,
     /// Nothing more is read.
     Closed,
 }
@@ -299,6 +304,10 @@ impl Session {
             match self.replies.next_reply() {
                 Ok(Some(reply)) => {
                     self.on_reply(reply, now);
+                    if matches!(self.phase, Phase::Draining) && !self.ending_unanswered() {
+                        tracing::debug!("the upstream answered every end of message; closing");
+                        self.close();
+                    }
                     // Client input that waited for this reply goes first, so
                     // the next reply finds the slot it answers.
                     self.resume(now);
@@ -316,7 +325,9 @@ impl Session {
 
     /// The upstream closed its side.
     pub fn on_upstream_eof(&mut self, _now: Instant) -> Vec<Action> {
-        if !matches!(self.phase, Phase::Closed) {
+        if matches!(self.phase, Phase::Draining) {
+            self.close();
+        } else if !matches!(self.phase, Phase::Closed) {
             let quitting = matches!(
                 self.queue.front(),
                 Some(Slot::Upstream {
@@ -436,7 +447,7 @@ impl Session {
             || self.pending_helo.is_some()
             || matches!(
                 self.phase,
-                Phase::Setup | Phase::ClientTlsHandshake | Phase::Closed
+                Phase::Setup | Phase::ClientTlsHandshake | Phase::Draining | Phase::Closed
             )
     }
 
@@ -448,7 +459,7 @@ impl Session {
     }
 
     fn send_client(&mut self, bytes: Vec<u8>) {
-        if self.is_closed() {
+        if matches!(self.phase, Phase::Closed | Phase::Draining) {
             return;
         }
         if let Some(Action::ToClient(buf)) = self.actions.last_mut() {
@@ -492,16 +503,24 @@ impl Session {
             };
             self.send_client(reply);
             match then {
-                Then::Nothing => {}
-                Then::StartTls => self.act(Action::StartClientTls),
+                Then::StartTls if !matches!(self.phase, Phase::Draining) => {
+                    self.act(Action::StartClientTls)
+                }
+                _ => {}
             }
         }
     }
 
-    /// Ends the session with a failure: its reply, a log line, close.
+    /// Ends the session with a failure: its reply, a log line, close. When
+    /// the client is at fault and an end of message it sent is unanswered,
+    /// the client's leg closes now and the upstream's reply is still awaited.
     fn fail(&mut self, failure: Failure) {
         if matches!(self.phase, Phase::Closed) {
             return;
+        }
+        if matches!(self.phase, Phase::Draining) {
+            tracing::warn!(fault = %failure.fault(), "{failure}");
+            return self.close();
         }
         match failure.fault() {
             Fault::Client => tracing::info!(fault = %failure.fault(), "{failure}"),
@@ -512,7 +531,25 @@ impl Session {
         {
             self.send_client(reply);
         }
-        self.close();
+        if failure.fault() == Fault::Client && self.ending_unanswered() {
+            self.phase = Phase::Draining;
+            self.actions.push(Action::CloseClient);
+        } else {
+            self.close();
+        }
+    }
+
+    /// An end of message was sent and its reply has not come.
+    fn ending_unanswered(&self) -> bool {
+        self.queue.iter().any(|slot| {
+            matches!(
+                slot,
+                Slot::Upstream {
+                    expect: Expect::DataEnd | Expect::Bdat { last: true },
+                    ..
+                }
+            )
+        })
     }
 
     fn close(&mut self) {
@@ -523,7 +560,10 @@ impl Session {
     }
 
     fn keep_unprocessed(&mut self, rest: &[u8]) {
-        if matches!(self.phase, Phase::ClientTlsHandshake | Phase::Closed) {
+        if matches!(
+            self.phase,
+            Phase::ClientTlsHandshake | Phase::Draining | Phase::Closed
+        ) {
             // RFC 3207 section 5: nothing pipelined after STARTTLS survives.
             self.inbuf.clear();
         } else {
@@ -544,7 +584,7 @@ impl Session {
 
     /// After the client's EOF, closes once nothing more can happen.
     fn finish_if_client_gone(&mut self) {
-        if !self.client_eof || matches!(self.phase, Phase::Closed) {
+        if !self.client_eof || matches!(self.phase, Phase::Closed | Phase::Draining) {
             return;
         }
         if matches!(

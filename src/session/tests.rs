@@ -20,6 +20,7 @@ struct T {
     client_tls_started: bool,
     upstream_tls_started: bool,
     closed: bool,
+    client_closed: bool,
     /// Recipients containing this text are refused by the policy.
     refuse: Option<&'static str>,
     checked: Vec<RcptCheck>,
@@ -59,6 +60,7 @@ impl T {
             client_tls_started: false,
             upstream_tls_started: false,
             closed: false,
+            client_closed: false,
             refuse: None,
             checked: Vec::new(),
             tx_events: Vec::new(),
@@ -76,6 +78,7 @@ impl T {
                 Action::StartClientTls => self.client_tls_started = true,
                 Action::StartUpstreamTls => self.upstream_tls_started = true,
                 Action::Close => self.closed = true,
+                Action::CloseClient => self.client_closed = true,
                 Action::Tx(event) => self.tx_events.push(event),
                 Action::AuthResult { ok, .. } => self.auth_results.push(ok),
                 Action::CheckAuth(user) => {

@@ -211,6 +211,8 @@ impl Harness {
                     mechanism,
                     ok,
                 } => enforcer.on_auth(user.as_ref(), mechanism, ok),
+                // Nothing more reaches the client; the MTA's replies still come.
+                Action::CloseClient => {}
                 Action::Close => self.end(),
             }
         }
