@@ -3,14 +3,16 @@
 #
 # Builds mailbrake, makes a development certificate, starts Postfix's
 # smtp-sink as the upstream MTA on 127.0.0.1:10025, starts mailbrake with
-# config/mailbrake.toml (plain 2525, STARTTLS 2587, implicit TLS 2465), and
-# relays one message with swaks over each. Then mailbrake keeps running in
+# config/mailbrake.toml (plain 2525, STARTTLS 2587, implicit TLS 2465),
+# relays one message with swaks over each, then sends one message to 12
+# recipients to show the limit (12/1h) refusing the last 3, and the
+# operator's view of that sender. Then mailbrake keeps running in
 # the foreground (Ctrl-C stops everything) so you can send your own:
 #
 #   swaks --server 127.0.0.1:2587 --tls --from a@example.com --to b@example.net
 #
 # Options:
-#   --once   stop after the three demo messages (exit status says whether all went through)
+#   --once   stop after the demo messages (exit status says whether all went as described)
 # Environment:
 #   MAILBRAKE_BIN   use this binary instead of building one (cargo build --release)
 #
@@ -94,6 +96,21 @@ for mode in plain starttls implicit; do
     fi
 done
 
+# The limit at work: the same client (sender key ip:127.0.0.1) sends one
+# message to 12 recipients under default = "12/1h", with 3 already sent.
+echo
+echo "demo: the limit at work: one message to 12 recipients from the same client (default = \"12/1h\", 3 sent already):"
+rcpts=$(printf 'r%d@example.net,' $(seq 1 12))
+swaks --server 127.0.0.1:2525 --from demo@example.com --to "${rcpts%,}" \
+    --header "Subject: mailbrake demo (limit)" --body "Some recipients are over the limit." \
+    >"$work/swaks-limit.log" 2>&1 || true
+accepted=$(grep -c '^<-  250 2.1.5' "$work/swaks-limit.log" || true)
+refused=$(grep -c '450 4.7.1 Recipient limit reached' "$work/swaks-limit.log" || true)
+echo "demo: limit: $accepted recipients accepted, $refused refused; mailbrake answered the rest:"
+grep -m 1 '450 4.7.1 Recipient limit reached' "$work/swaks-limit.log" | sed 's/^<\*\* */    /'
+echo "demo: the operator's view (mailbrake sender show ip:127.0.0.1):"
+"$bin" sender show ip:127.0.0.1 -c "$work/mailbrake.toml" | sed 's/^/    /'
+
 echo
 echo "demo: the upstream MTA (smtp-sink) stored $(find "$work/dump" -type f 2>/dev/null | wc -l) message(s):"
 for f in "$work"/dump/*; do
@@ -104,7 +121,7 @@ echo "demo: mailbrake's log:"
 sed 's/^/    /' "$work/mailbrake.log"
 
 if $once; then
-    [[ $ok -eq 3 ]]
+    [[ $ok -eq 3 && $accepted -eq 9 && $refused -eq 3 ]]
     exit
 fi
 echo

@@ -1,11 +1,12 @@
 //! The README's first command works: `config/demo.sh` relays a message
 //! through mailbrake to Postfix's smtp-sink over plain, STARTTLS and
-//! implicit TLS, with swaks as the client.
+//! implicit TLS, with swaks as the client, then shows the limit refusing the
+//! recipients over 12/1h and the operator's view of the sender.
 
 use std::process::Command;
 
 #[test]
-fn readme_demo_relays_over_plain_starttls_and_implicit_tls() {
+fn readme_demo_relays_over_plain_starttls_and_implicit_tls_and_shows_the_limit() {
     for tool in ["smtp-sink", "swaks", "openssl"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -34,5 +35,13 @@ fn readme_demo_relays_over_plain_starttls_and_implicit_tls() {
             text.contains(&format!("Subject: mailbrake demo ({mode})")),
             "smtp-sink did not store the {mode} message:\n{text}"
         );
+    }
+    for shown in [
+        "demo: limit: 9 recipients accepted, 3 refused",
+        "450 4.7.1 Recipient limit reached for ip:127.0.0.1 (12/1h)",
+        "counts     12/12 in the last 1h",
+        "Subject: mailbrake demo (limit)",
+    ] {
+        assert!(text.contains(shown), "the demo did not show {shown:?}:\n{text}");
     }
 }
