@@ -259,6 +259,12 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         if new.admin.bind != config.admin.bind {
             tracing::warn!("admin.bind changed: needs a restart");
         }
+        if new.admin.token_file != config.admin.token_file
+            || new.admin.token_group != config.admin.token_group
+        {
+            // The token in force stays the one read at start.
+            tracing::warn!("admin.token_file or admin.token_group changed: needs a restart");
+        }
         if new.server.threads != config.server.threads {
             tracing::warn!("server.threads changed: needs a restart");
         }

@@ -42,6 +42,9 @@ fn readme_demo_relays_over_plain_starttls_and_implicit_tls_and_shows_the_limit()
         "counts     12/12 in the last 1h",
         "Subject: mailbrake demo (limit)",
     ] {
-        assert!(text.contains(shown), "the demo did not show {shown:?}:\n{text}");
+        assert!(
+            text.contains(shown),
+            "the demo did not show {shown:?}:\n{text}"
+        );
     }
 }

@@ -143,12 +143,19 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating) `dir/mailbrake.db`, sets WAL, creates or migrates the
-    /// schema (its version is `PRAGMA user_version`).
+    /// schema (its version is `PRAGMA user_version`). A directory it creates
+    /// is closed to other users (0750): the database holds every sender's
+    /// login and the audit trail, which the admin API gives only with its token.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
         let path = dir.join(FILE_NAME);
         let conn = Connection::open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),

@@ -21,33 +21,56 @@ pub struct Refreshed {
 
 impl Fleet {
     /// Moves the expiry of every reservation this process holds to `now` +
-    /// the reservation TTL, one call per sender key. Stops at the first
-    /// failure (the next round tries again).
+    /// the reservation TTL, one call per sender key. A key that fails does
+    /// not hold up the others; the first failure is returned once all were
+    /// tried (the next round tries again).
     pub async fn refresh(&self, now: Time) -> Result<Refreshed, FleetError> {
         let expiry = now.saturating_add(secs_of(self.options.reservation_ttl));
         let mut done = Refreshed {
             held: 0,
             expired: 0,
         };
+        let mut failed = None;
         for (key, ids) in self.held.snapshot() {
-            let mut args = vec![now.to_string(), expiry.to_string()];
-            args.extend(ids.iter().cloned());
-            let reply = self.script("refresh", &key, &args).await?;
-            let Value::Array(gone) = &reply else {
-                return Err(self.bad_reply("refresh", &reply));
-            };
-            for id in gone {
-                let Value::BulkString(id) = id else {
-                    return Err(self.bad_reply("refresh", &reply));
-                };
-                // Settled since the snapshot (commit, release) is not expired.
-                if self.held.remove(&key, &String::from_utf8_lossy(id)) {
-                    done.expired += 1;
+            match self.refresh_key(&key, &ids, now, expiry).await {
+                Ok((gone, expired)) => {
+                    done.expired += expired;
+                    done.held += ids.len().saturating_sub(gone);
+                }
+                Err(e) => {
+                    failed.get_or_insert(e);
                 }
             }
-            done.held += ids.len() - gone.len();
         }
-        Ok(done)
+        failed.map_or(Ok(done), Err)
+    }
+
+    /// Refreshes one key's reservations; returns how many Redis no longer
+    /// had, and how many of those were still held here (expired).
+    async fn refresh_key(
+        &self,
+        key: &str,
+        ids: &[String],
+        now: Time,
+        expiry: Time,
+    ) -> Result<(usize, usize), FleetError> {
+        let mut args = vec![now.to_string(), expiry.to_string()];
+        args.extend(ids.iter().cloned());
+        let reply = self.script("refresh", key, &args).await?;
+        let Value::Array(gone) = &reply else {
+            return Err(self.bad_reply("refresh", &reply));
+        };
+        let mut expired = 0;
+        for id in gone {
+            let Value::BulkString(id) = id else {
+                return Err(self.bad_reply("refresh", &reply));
+            };
+            // Settled since the snapshot (commit, release) is not expired.
+            if self.held.remove(key, &String::from_utf8_lossy(id)) {
+                expired += 1;
+            }
+        }
+        Ok((gone.len(), expired))
     }
 
     /// Reservations this process holds now.

@@ -14,7 +14,17 @@
 use super::{Mechanism, Unreadable, Username};
 
 /// The username in `message`, the decoded client message that names it.
+///
+/// A NUL is a separator in PLAIN only (exactly two of them); anywhere else
+/// servers written in C stop reading at it while mailbrake would read on
+/// ("username=\"alice\",x=\0,realm=\"r1\"" is alice to Dovecot), so a message
+/// with one is unreadable.
 pub(super) fn username(mechanism: Mechanism, message: &[u8]) -> Result<Username, Unreadable> {
+    let nuls = message.iter().filter(|&&b| b == 0).count();
+    let allowed = if mechanism == Mechanism::Plain { 2 } else { 0 };
+    if nuls > allowed {
+        return Err(Unreadable::Syntax);
+    }
     match mechanism {
         Mechanism::Plain => plain(message),
         Mechanism::Login => user(message),
