@@ -248,3 +248,79 @@ async fn a_local_user_cannot_change_its_sender_and_root_with_the_cli_can() {
         "refusals are logged:\n{logs}"
     );
 }
+
+/// A site's process that holds the admin port while mailbrake is down
+/// (stopped, restarting, failed to start): prints `LISTENING`, then every
+/// byte it is sent, as `GOT <repr>`, for a few seconds.
+const SQUAT: &str = r"import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(8)
+print('LISTENING', flush=True)
+s.settimeout(8)
+try:
+    while True:
+        c, _ = s.accept()
+        c.settimeout(2)
+        data = b''
+        try:
+            while True:
+                d = c.recv(4096)
+                if not d:
+                    break
+                data += d
+        except socket.timeout:
+            pass
+        print('GOT %r' % data, flush=True)
+        c.close()
+        break
+except socket.timeout:
+    pass
+";
+
+#[test]
+fn a_site_holding_the_admin_port_is_never_sent_the_token() {
+    require_root_and("ADMIN TOKEN", &["ip", "setpriv", "/usr/bin/python3"]);
+    let ns = Netns::new("mbsquat");
+    let state = tempfile::tempdir().unwrap();
+    let token_file = state.path().join("operator.token");
+    std::fs::write(&token_file, "s3cret-operator-token\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = state.path().join("mailbrake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\ndir = {:?}\n[admin]\nbind = \"127.0.0.1:9725\"\ntoken_file = {:?}\n",
+            state.path().join("state"),
+            token_file
+        ) + &listener("smtp", 2525, "none", None, "127.0.0.1:10025", ""),
+    )
+    .unwrap();
+    let mut squatter = ns
+        .python_as(SITE_UID, SQUAT, &["9725"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(squatter.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "LISTENING");
+
+    let (code, text) = cli(&ns, None, &config, &["status"]);
+    assert_eq!(code, 3, "{text}");
+    assert!(
+        text.contains(&format!("is held by uid {SITE_UID}, not by mailbrake"))
+            && text.contains("the token was not sent"),
+        "{text}"
+    );
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut out, &mut got).unwrap();
+    squatter.wait().unwrap();
+    assert!(!got.contains("s3cret"), "the squatter got the token: {got}");
+    assert_eq!(
+        got.trim(),
+        "GOT b''",
+        "only the CLI's probe, with nothing in it"
+    );
+}

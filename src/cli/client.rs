@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// How long to wait for the TCP connection to the admin API.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a whole call may take (a long report included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// At most this much of a non-JSON error body is shown.

@@ -285,7 +285,51 @@ fn connect(opts: &Options, env: &Env) -> Result<Client, CliError> {
     })?;
     let (url, token_file) = admin_target(&cfg);
     let (token, hint) = pick_token(env_token, &token_file, &opts.config);
+    if token.is_some() {
+        check_listener(admin_addr(cfg.admin.bind), &cfg.state.dir, &url)?;
+    }
     Ok(Client::new(url, token, hint))
+}
+
+/// Before the token goes to a loopback admin port, the process holding the
+/// port must be mailbrake: root, the owner of `[state] dir` (mailbrake's
+/// user), or the caller. Any other local user could have bound it while
+/// mailbrake was down, to collect the token of whoever calls next.
+fn check_listener(addr: SocketAddr, state_dir: &Path, url: &str) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    if !addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let unreachable = |detail: String| CliError::Unreachable {
+        url: url.to_owned(),
+        detail,
+    };
+    let probe = std::net::TcpStream::connect_timeout(&addr, client::CONNECT_TIMEOUT)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let local = probe.local_addr().map_err(|e| unreachable(e.to_string()))?;
+    // The server's end of this connection: its local address is the port.
+    let uid = crate::owner::socket_owner(addr, local)
+        .map_err(|e| unreachable(format!("cannot tell who holds {addr}: {e}")))?;
+    let mailbrake = std::fs::metadata(state_dir).ok().map(|m| m.uid());
+    let me = nix::unistd::geteuid().as_raw();
+    if uid == 0 || uid == me || Some(uid) == mailbrake {
+        return Ok(());
+    }
+    Err(unreachable(format!(
+        "{addr} is held by uid {uid}, not by mailbrake (root, or the owner of {}); \
+         the token was not sent",
+        state_dir.display()
+    )))
+}
+
+/// The socket address [`admin_url`] calls.
+fn admin_addr(bind: SocketAddr) -> SocketAddr {
+    let ip = match bind.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bind.port())
 }
 
 /// The admin API's URL and where its token is. A wildcard bind (`0.0.0.0`,
@@ -298,12 +342,7 @@ fn admin_target(cfg: &Config) -> (String, TokenFile) {
 }
 
 fn admin_url(bind: SocketAddr) -> String {
-    let ip = match bind.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}", SocketAddr::new(ip, bind.port()))
+    format!("http://{}", admin_addr(bind))
 }
 
 /// The token to send (the environment's wins; the file is only read without
