@@ -114,6 +114,10 @@ pub enum Entry {
         key: SenderKey,
         at: Time,
     },
+    Reset {
+        key: SenderKey,
+        at: Time,
+    },
 }
 
 impl Entry {
@@ -141,6 +145,10 @@ impl Entry {
                 reason: reason.to_string(),
             },
             Entry::Unlocked { key, at } => Event::Unlocked {
+                key: key.to_string(),
+                at,
+            },
+            Entry::Reset { key, at } => Event::Reset {
                 key: key.to_string(),
                 at,
             },
@@ -361,8 +369,14 @@ impl Engine {
     }
 
     /// Forgets `key`'s counts, refusals and senders (reservations in flight
-    /// stay: their transactions still end).
+    /// stay: their transactions still end). Journaled whether or not the key
+    /// is resident, in order with its sends: the store forgets the sends
+    /// written before it and keeps those after.
     pub fn reset(&mut self, key: &SenderKey, now: Time) {
+        self.journal.push(Entry::Reset {
+            key: key.clone(),
+            at: now,
+        });
         if let Some(state) = self.keys.get_mut(key) {
             let pending = state.window.pending();
             state.window = Window::default();

@@ -24,6 +24,9 @@ pub enum Event {
     },
     /// `key` was unlocked (by an operator, or its lock expired).
     Unlocked { key: String, at: Time },
+    /// An operator reset `key`'s counts: the sends before this event are
+    /// forgotten (the hourly totals keep them), the sends after it count.
+    Reset { key: String, at: Time },
 }
 
 /// What the store gives back at start-up.
