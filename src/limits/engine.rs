@@ -98,6 +98,8 @@ pub enum Entry {
     Sent {
         key: SenderKey,
         at: Time,
+        /// Held in the key's window (see [`Event::Sent`]).
+        windowed: bool,
     },
     Refused {
         key: SenderKey,
@@ -123,10 +125,11 @@ pub enum Entry {
 impl Entry {
     pub fn into_event(self) -> Event {
         match self {
-            Entry::Sent { key, at } => Event::Sent {
+            Entry::Sent { key, at, windowed } => Event::Sent {
                 key: key.to_string(),
                 at,
                 count: 1,
+                windowed,
             },
             Entry::Refused { key, at, observed } => Event::Refused {
                 key: key.to_string(),
@@ -324,6 +327,7 @@ impl Engine {
         self.journal.push(Entry::Sent {
             key: key.clone(),
             at: now,
+            windowed: false,
         });
     }
 
@@ -393,6 +397,7 @@ impl Engine {
         self.journal.push(Entry::Sent {
             key: r.key.clone(),
             at: now,
+            windowed: r.counted,
         });
         if r.counted {
             let keep = self.policy.keep;

@@ -7,8 +7,17 @@ pub type Time = u32;
 /// One change worth keeping across a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `count` recipients of `key` were sent (committed) at `at`.
-    Sent { key: String, at: Time, count: u32 },
+    /// `count` recipients of `key` were sent (committed) at `at`. All count
+    /// in the hourly totals; only `windowed` ones in the key's window, and
+    /// so only they are restored into it (not those of exempt or unlimited
+    /// keys, observe mode's overflow, or fleet mode, whose windows are in
+    /// Redis).
+    Sent {
+        key: String,
+        at: Time,
+        count: u32,
+        windowed: bool,
+    },
     /// A recipient of `key` was refused (or, in observe mode, would have been).
     Refused {
         key: String,

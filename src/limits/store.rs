@@ -188,8 +188,15 @@ impl Store {
             let mut delete_sent = tx.prepare_cached(DELETE_SENT).map_err(err)?;
             for event in events {
                 match event {
-                    Event::Sent { key, at, count } => {
-                        insert_sent.execute(params![key, at, count]).map_err(err)?;
+                    Event::Sent {
+                        key,
+                        at,
+                        count,
+                        windowed,
+                    } => {
+                        if *windowed {
+                            insert_sent.execute(params![key, at, count]).map_err(err)?;
+                        }
                         upsert_hourly
                             .execute(params![key, hour_of(*at), count, 0, 0])
                             .map_err(err)?;

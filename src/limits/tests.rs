@@ -402,3 +402,35 @@ fn a_reset_is_journaled_in_order_with_the_sends_around_it() {
     assert_eq!(counted(&fresh, &alice), 3, "as before the restart");
     assert_eq!(send(&fresh, &alice, 12), 9);
 }
+
+#[test]
+fn sends_outside_the_window_are_not_restored_into_it() {
+    let (l, _) = limiter(twelve());
+    let alice = key("auth:alice");
+    let exempt = store::StoredOverride {
+        key: alice.to_string(),
+        exempt: true,
+        limit: "unlimited".into(),
+        until: None,
+        reason: "list".into(),
+        who: "ops".into(),
+        at: l.now(),
+    };
+    let (k, o) = operate::RuntimeOverride::from_stored(exempt).unwrap();
+    l.set_override(k, o);
+    assert_eq!(send(&l, &alice, 20), 20);
+    l.remove_override(&alice);
+    assert_eq!(counted(&l, &alice), 0, "sent while exempt: not counted");
+    assert_eq!(send(&l, &alice, 2), 2);
+    let journal = l.drain_journal();
+    let windowed = |w: bool| {
+        journal
+            .iter()
+            .filter(|e| matches!(e, Event::Sent { windowed, .. } if *windowed == w))
+            .count()
+    };
+    assert_eq!((windowed(false), windowed(true)), (20, 2));
+    let fresh = restarted(&journal, twelve());
+    assert_eq!(counted(&fresh, &alice), 2, "as before the restart");
+    assert_eq!(send(&fresh, &alice, 12), 10);
+}

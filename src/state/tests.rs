@@ -75,6 +75,7 @@ fn sent() -> Event {
         key: "auth:alice".into(),
         at: NOW,
         count: 1,
+        windowed: true,
     }
 }
 

@@ -7,6 +7,17 @@ fn sent(key: &str, at: Time, count: u32) -> Event {
         key: key.into(),
         at,
         count,
+        windowed: true,
+    }
+}
+
+/// Sent without a window: an exempt or unlimited key, fleet mode.
+fn totalled(key: &str, at: Time, count: u32) -> Event {
+    Event::Sent {
+        key: key.into(),
+        at,
+        count,
+        windowed: false,
     }
 }
 
@@ -279,6 +290,23 @@ fn a_reset_forgets_the_sends_before_it_and_keeps_those_after() {
     assert_eq!(
         store.hourly(0).unwrap(),
         [total("a", 0, 5, 0, 0), total("b", 0, 2, 0, 0)]
+    );
+}
+
+#[test]
+fn sends_outside_any_window_count_in_the_totals_only() {
+    let (_dir, mut store) = open();
+    store
+        .apply(&[
+            totalled("a", 100, 4),
+            sent("a", 200, 1),
+            totalled("b", 100, 1),
+        ])
+        .unwrap();
+    assert_eq!(times(&store.load(0, 0).unwrap()), [("a", vec![200])]);
+    assert_eq!(
+        store.hourly(0).unwrap(),
+        [total("a", 0, 5, 0, 0), total("b", 0, 1, 0, 0)]
     );
 }
 
