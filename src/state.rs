@@ -193,11 +193,15 @@ pub fn start(
     max_unsaved: NonZeroUsize,
 ) -> Result<StateKeeper, StateError> {
     let mut store = Store::open(dir)?;
+    // Overrides first: a raised limit's windows and counts decide how far
+    // back sends are read and how many of them each key keeps. One that ran
+    // out while mailbrake was stopped goes now, before any session.
+    limiter.restore_overrides(store.overrides()?);
+    expire_overrides(&limiter, &mut store);
     let now = limiter.now();
     let snapshot = store.load(now.saturating_sub(limiter.policy().longest), now)?;
     let keys = snapshot.sent.len();
     limiter.restore(&snapshot);
-    limiter.restore_overrides(store.overrides()?);
     tracing::info!(path = %store.path().display(), keys, locks = snapshot.locks.len(), "limits restored");
     let (stop, stopped) = mpsc::channel();
     let thread = std::thread::Builder::new()
