@@ -250,7 +250,8 @@ pub fn start(
 }
 
 /// Drops the operators' overrides whose time is up, in memory and on disk,
-/// with an audit entry each.
+/// with an audit entry each. On disk only an expired one goes: an operator
+/// may have set another for the key since it was taken from memory.
 fn expire_overrides(limiter: &Limiter, store: &mut Store) {
     let now = limiter.now();
     for o in limiter.expire_overrides(now) {
@@ -269,7 +270,7 @@ fn expire_overrides(limiter: &Limiter, store: &mut Store) {
             new: None,
             reason: format!("expired (set by {}: {})", s.who, s.reason),
         };
-        if let Err(e) = store.remove_override(&s.key, &audit) {
+        if let Err(e) = store.expire_override(&s.key, now, &audit) {
             tracing::error!("cannot record an expired override: {e}");
         }
     }
