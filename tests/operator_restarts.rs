@@ -20,7 +20,7 @@ use common::admin::{cli, generated_token};
 use common::redis::Redis;
 use common::upstream::{Opts, Upstream};
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// How mailbrake is stopped before it starts again.
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +226,40 @@ fn recipients(show: &Value) -> u64 {
     show["windows"][0]["recipients"].as_u64().unwrap()
 }
 
+/// What an operator set on a sender, as `sender show` has it: its limit
+/// and where it comes from, its lock, its override.
+fn set(show: &Value) -> Value {
+    json!({"limit": show["limit"], "lock": show["lock"], "override": show["override"]})
+}
+
+/// A unix time about a day from now, as `--for 1d` sets it.
+#[track_caller]
+fn about_a_day_ahead(t: &Value) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let t = t.as_u64().unwrap_or_else(|| panic!("not a time: {t}"));
+    assert!((now + 86_000..=now + 86_400).contains(&t), "{t} at {now}");
+}
+
+impl Rig {
+    /// Whether `user`'s next recipient is refused because it is locked.
+    async fn locked(&self, user: &str) -> bool {
+        match self.send(user, 1).await {
+            (0, Some(r)) => {
+                assert!(
+                    r.starts_with(&format!("450 4.7.1 Sender auth:{user} is locked")),
+                    "{r}"
+                );
+                true
+            }
+            (1, None) => false,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 const ALICE: &str = "auth:alice";
 const BOB: &str = "auth:bob";
 
@@ -266,4 +300,214 @@ async fn a_reset_survives_restarts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reset_survives_restarts_in_fleet_mode() {
     reset_survives_restarts(true).await;
+}
+
+// === lock ===
+
+async fn lock_survives_restarts(fleet: bool) {
+    let mut r = Rig::start(fleet).await;
+    r.act("lock", ALICE, &[]);
+    let before = set(&r.show(ALICE));
+    r.restart(Stop::Term);
+    assert!(r.locked("alice").await, "the lock was lost");
+    assert_eq!(set(&r.show(ALICE)), before);
+    assert!(
+        before["lock"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("restart test")
+    );
+    assert!(!r.locked("bob").await, "only alice was locked");
+
+    r.act("lock", BOB, &["--for", "1d"]);
+    let before = set(&r.show(BOB));
+    await_kept("bob's lock", || r.lock_kept(BOB).is_some(), true);
+    r.restart(Stop::Kill);
+    assert!(r.locked("bob").await, "the lock was lost");
+    assert_eq!(set(&r.show(BOB)), before);
+    about_a_day_ahead(&before["lock"]["until"]);
+    assert!(r.locked("alice").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_survives_restarts() {
+    lock_survives_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_survives_restarts_in_fleet_mode() {
+    lock_survives_restarts(true).await;
+}
+
+// === unlock ===
+
+async fn unlock_survives_restarts(fleet: bool) {
+    let mut r = Rig::start(fleet).await;
+    for key in [ALICE, BOB] {
+        r.act("lock", key, &[]);
+        // On disk before the unlock: a lost unlock would bring it back.
+        await_kept(
+            &format!("{key}'s lock"),
+            || r.lock_kept(key).is_some(),
+            true,
+        );
+    }
+
+    r.act("unlock", ALICE, &[]);
+    r.restart(Stop::Term);
+    assert!(!r.locked("alice").await, "the unlock was lost");
+    assert_eq!(r.show(ALICE)["lock"], Value::Null);
+    assert!(r.locked("bob").await, "only alice was unlocked");
+
+    r.act("unlock", BOB, &[]);
+    await_kept("bob's unlock", || r.lock_kept(BOB), None);
+    r.restart(Stop::Kill);
+    assert!(!r.locked("bob").await, "the unlock was lost");
+    assert_eq!(r.show(BOB)["lock"], Value::Null);
+    assert!(!r.locked("alice").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unlock_survives_restarts() {
+    unlock_survives_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unlock_survives_restarts_in_fleet_mode() {
+    unlock_survives_restarts(true).await;
+}
+
+// === raise ===
+
+async fn raise_survives_restarts(fleet: bool) {
+    let mut r = Rig::start(fleet).await;
+    r.act("raise", ALICE, &["--to", "6/1h"]);
+    let before = set(&r.show(ALICE));
+    r.restart(Stop::Term);
+    assert_eq!(set(&r.show(ALICE)), before);
+    assert_eq!(before["override"]["limit"], "6/1h");
+    assert_eq!(before["limit"]["source"], "override");
+    assert_eq!(r.accepted("alice", 8).await, 6, "6/1h after the restart");
+
+    r.act("raise", BOB, &["--to", "5/1h", "--for", "1d"]);
+    let before = set(&r.show(BOB));
+    assert_eq!(r.accepted("bob", 2).await, 2);
+    await_kept(
+        "bob's override",
+        || r.override_kept(BOB),
+        Some("5/1h".into()),
+    );
+    // The sends under the raise, too: all six of alice's count after it.
+    await_kept("bob's sends", || r.sends_kept(BOB), 2);
+    await_kept("alice's sends", || r.sends_kept(ALICE), 6);
+    r.restart(Stop::Kill);
+    assert_eq!(set(&r.show(BOB)), before);
+    about_a_day_ahead(&before["override"]["until"]);
+    assert_eq!(recipients(&r.show(BOB)), 2);
+    assert_eq!(r.accepted("bob", 8).await, 3);
+    assert_eq!(recipients(&r.show(ALICE)), 6);
+    assert_eq!(
+        r.accepted("alice", 1).await,
+        0,
+        "6 of 6 sent before the kill"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raise_survives_restarts() {
+    raise_survives_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raise_survives_restarts_in_fleet_mode() {
+    raise_survives_restarts(true).await;
+}
+
+// === exempt ===
+
+async fn exempt_survives_restarts(fleet: bool) {
+    let mut r = Rig::start(fleet).await;
+    assert_eq!(r.accepted("alice", 5).await, 3, "the default 3/1h");
+    r.act("exempt", ALICE, &[]);
+    let before = set(&r.show(ALICE));
+    r.restart(Stop::Term);
+    assert_eq!(set(&r.show(ALICE)), before);
+    assert_eq!(before["limit"]["source"], "exempt");
+    assert_eq!(
+        r.accepted("alice", 10).await,
+        10,
+        "exempt after the restart"
+    );
+
+    r.act("exempt", BOB, &["--for", "1d"]);
+    let before = set(&r.show(BOB));
+    await_kept(
+        "bob's exemption",
+        || r.override_kept(BOB),
+        Some("exempt".into()),
+    );
+    r.restart(Stop::Kill);
+    assert_eq!(set(&r.show(BOB)), before);
+    about_a_day_ahead(&before["override"]["until"]);
+    assert_eq!(r.accepted("bob", 10).await, 10);
+    assert_eq!(r.accepted("alice", 10).await, 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exemption_survives_restarts() {
+    exempt_survives_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exemption_survives_restarts_in_fleet_mode() {
+    exempt_survives_restarts(true).await;
+}
+
+// === clear ===
+
+async fn clear_survives_restarts(fleet: bool) {
+    let mut r = Rig::start(fleet).await;
+    r.act("exempt", ALICE, &[]);
+    r.act("raise", BOB, &["--to", "6/1h"]);
+    assert_eq!(r.accepted("alice", 5).await, 5, "exempt: not counted");
+    assert_eq!(r.accepted("bob", 2).await, 2, "under 6/1h: counted");
+    await_kept("bob's sends", || r.sends_kept(BOB), 2);
+
+    r.act("clear", ALICE, &[]);
+    r.restart(Stop::Term);
+    let alice = r.show(ALICE);
+    assert_eq!(alice["limit"]["source"], "default", "{alice}");
+    assert_eq!(alice["override"], Value::Null);
+    assert_eq!(
+        recipients(&alice),
+        0,
+        "sent while exempt: not counted, as before"
+    );
+    assert_eq!(r.accepted("alice", 5).await, 3);
+    assert_eq!(
+        r.show(BOB)["override"]["limit"],
+        "6/1h",
+        "only alice was cleared"
+    );
+
+    r.act("clear", BOB, &[]);
+    await_kept("bob's clear", || r.override_kept(BOB), None);
+    await_kept("alice's sends", || r.sends_kept(ALICE), 3);
+    r.restart(Stop::Kill);
+    let bob = r.show(BOB);
+    assert_eq!(bob["limit"]["source"], "default", "{bob}");
+    assert_eq!(bob["override"], Value::Null);
+    assert_eq!(recipients(&bob), 2, "sent under the raise: counted");
+    assert_eq!(r.accepted("bob", 5).await, 1, "back to 3/1h");
+    assert_eq!(r.accepted("alice", 1).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clear_survives_restarts() {
+    clear_survives_restarts(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clear_survives_restarts_in_fleet_mode() {
+    clear_survives_restarts(true).await;
 }
