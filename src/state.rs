@@ -193,11 +193,15 @@ pub fn start(
     max_unsaved: NonZeroUsize,
 ) -> Result<StateKeeper, StateError> {
     let mut store = Store::open(dir)?;
+    // Overrides first: a raised limit's windows and counts decide how far
+    // back sends are read and how many of them each key keeps. One that ran
+    // out while mailbrake was stopped goes now, before any session.
+    limiter.restore_overrides(store.overrides()?);
+    expire_overrides(&limiter, &mut store);
     let now = limiter.now();
     let snapshot = store.load(now.saturating_sub(limiter.policy().longest), now)?;
     let keys = snapshot.sent.len();
     limiter.restore(&snapshot);
-    limiter.restore_overrides(store.overrides()?);
     tracing::info!(path = %store.path().display(), keys, locks = snapshot.locks.len(), "limits restored");
     let (stop, stopped) = mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -246,7 +250,8 @@ pub fn start(
 }
 
 /// Drops the operators' overrides whose time is up, in memory and on disk,
-/// with an audit entry each.
+/// with an audit entry each. On disk only an expired one goes: an operator
+/// may have set another for the key since it was taken from memory.
 fn expire_overrides(limiter: &Limiter, store: &mut Store) {
     let now = limiter.now();
     for o in limiter.expire_overrides(now) {
@@ -265,7 +270,7 @@ fn expire_overrides(limiter: &Limiter, store: &mut Store) {
             new: None,
             reason: format!("expired (set by {}: {})", s.who, s.reason),
         };
-        if let Err(e) = store.remove_override(&s.key, &audit) {
+        if let Err(e) = store.expire_override(&s.key, now, &audit) {
             tracing::error!("cannot record an expired override: {e}");
         }
     }

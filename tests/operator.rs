@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::admin::{admin_call, generated_token};
+use common::admin::{admin_call, cli, generated_token};
 use common::upstream::{Opts, Upstream};
 use common::*;
 use serde_json::{Value, json};
@@ -303,25 +303,6 @@ fn an_admin_listener_beyond_loopback_needs_a_token() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-}
-
-/// Runs the CLI against `admin`, with `token` in the environment as
-/// `--admin` needs; (exit code, stdout, stderr).
-fn cli(admin: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mailbrake"))
-        .args(args)
-        .arg("--admin")
-        .arg(format!("http://{admin}"))
-        .env("MAILBRAKE_ADMIN_TOKEN", token)
-        .env("USER", "cli-test")
-        .env_remove("SUDO_USER")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,11 @@
 //! The admin API: JSON over HTTP under `/api`, as documented in the README
 //! ("The admin API"). Every change is applied to the running limiter, kept
-//! in the database, and written to the audit trail in the same transaction.
+//! in the database, and written to the audit trail. Overrides and
+//! exemptions are written with their audit entry in one transaction before
+//! they apply; locks, unlocks and resets are changes of the engine, which
+//! journals them in order with the sends around them, and the state thread
+//! writes them within a second ([`crate::state::FLUSH_INTERVAL`]), as it
+//! writes the sends.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -310,18 +315,19 @@ async fn set_override(
         }),
         reason: c.reason.clone(),
     };
-    api.store
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .save_override(&stored, &audit)
-        .map_err(internal)?;
-    api.limiter.set_override(
-        key.clone(),
-        RuntimeOverride {
-            limit,
-            stored: stored.clone(),
-        },
-    );
+    // The database and the limiter change under one lock, so that two
+    // operators changing one key leave the same override in both.
+    {
+        let mut store = api.store.lock().unwrap_or_else(|e| e.into_inner());
+        store.save_override(&stored, &audit).map_err(internal)?;
+        api.limiter.set_override(
+            key.clone(),
+            RuntimeOverride {
+                limit,
+                stored: stored.clone(),
+            },
+        );
+    }
     tracing::info!(sender = %key, limit = %stored.limit, exempt, ?until, who = %stored.who, reason = %stored.reason, "override set");
     if let Some(fleet) = &api.fleet {
         fleet
@@ -380,12 +386,13 @@ async fn clear(State(api): State<Arc<Api>>, SenderChange(key, c): SenderChange) 
         new: None,
         reason: c.reason.clone(),
     };
-    api.store
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove_override(&key.to_string(), &audit)
-        .map_err(internal)?;
-    let removed = api.limiter.remove_override(&key);
+    let removed = {
+        let mut store = api.store.lock().unwrap_or_else(|e| e.into_inner());
+        store
+            .remove_override(&key.to_string(), &audit)
+            .map_err(internal)?;
+        api.limiter.remove_override(&key)
+    };
     tracing::info!(sender = %key, who = %audit.who, reason = %audit.reason, "override cleared");
     if let Some(fleet) = &api.fleet {
         fleet

@@ -98,6 +98,8 @@ pub enum Entry {
     Sent {
         key: SenderKey,
         at: Time,
+        /// Held in the key's window (see [`Event::Sent`]).
+        windowed: bool,
     },
     Refused {
         key: SenderKey,
@@ -114,15 +116,20 @@ pub enum Entry {
         key: SenderKey,
         at: Time,
     },
+    Reset {
+        key: SenderKey,
+        at: Time,
+    },
 }
 
 impl Entry {
     pub fn into_event(self) -> Event {
         match self {
-            Entry::Sent { key, at } => Event::Sent {
+            Entry::Sent { key, at, windowed } => Event::Sent {
                 key: key.to_string(),
                 at,
                 count: 1,
+                windowed,
             },
             Entry::Refused { key, at, observed } => Event::Refused {
                 key: key.to_string(),
@@ -141,6 +148,10 @@ impl Entry {
                 reason: reason.to_string(),
             },
             Entry::Unlocked { key, at } => Event::Unlocked {
+                key: key.to_string(),
+                at,
+            },
+            Entry::Reset { key, at } => Event::Reset {
                 key: key.to_string(),
                 at,
             },
@@ -316,6 +327,7 @@ impl Engine {
         self.journal.push(Entry::Sent {
             key: key.clone(),
             at: now,
+            windowed: false,
         });
     }
 
@@ -361,8 +373,14 @@ impl Engine {
     }
 
     /// Forgets `key`'s counts, refusals and senders (reservations in flight
-    /// stay: their transactions still end).
+    /// stay: their transactions still end). Journaled whether or not the key
+    /// is resident, in order with its sends: the store forgets the sends
+    /// written before it and keeps those after.
     pub fn reset(&mut self, key: &SenderKey, now: Time) {
+        self.journal.push(Entry::Reset {
+            key: key.clone(),
+            at: now,
+        });
         if let Some(state) = self.keys.get_mut(key) {
             let pending = state.window.pending();
             state.window = Window::default();
@@ -379,6 +397,7 @@ impl Engine {
         self.journal.push(Entry::Sent {
             key: r.key.clone(),
             at: now,
+            windowed: r.counted,
         });
         if r.counted {
             let keep = self.policy.keep;

@@ -7,8 +7,17 @@ pub type Time = u32;
 /// One change worth keeping across a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `count` recipients of `key` were sent (committed) at `at`.
-    Sent { key: String, at: Time, count: u32 },
+    /// `count` recipients of `key` were sent (committed) at `at`. All count
+    /// in the hourly totals; only `windowed` ones in the key's window, and
+    /// so only they are restored into it (not those of exempt or unlimited
+    /// keys, observe mode's overflow, or fleet mode, whose windows are in
+    /// Redis).
+    Sent {
+        key: String,
+        at: Time,
+        count: u32,
+        windowed: bool,
+    },
     /// A recipient of `key` was refused (or, in observe mode, would have been).
     Refused {
         key: String,
@@ -24,6 +33,9 @@ pub enum Event {
     },
     /// `key` was unlocked (by an operator, or its lock expired).
     Unlocked { key: String, at: Time },
+    /// An operator reset `key`'s counts: the sends before this event are
+    /// forgotten (the hourly totals keep them), the sends after it count.
+    Reset { key: String, at: Time },
 }
 
 /// What the store gives back at start-up.

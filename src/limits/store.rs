@@ -84,6 +84,9 @@ const UPSERT_LOCK: &str = "INSERT INTO locks (key, at, until, reason) VALUES (?1
      ON CONFLICT (key) DO UPDATE SET
          at = excluded.at, until = excluded.until, reason = excluded.reason";
 const DELETE_LOCK: &str = "DELETE FROM locks WHERE key = ?1";
+/// A reset: the events of a batch are applied in the engine's order, so
+/// every send row of the key at this point was sent before the reset.
+const DELETE_SENT: &str = "DELETE FROM sent WHERE key = ?1";
 
 /// Why the state could not be opened, read or written. Always ours (never
 /// the client's or the MTA's); messages name the directory or database file.
@@ -182,10 +185,18 @@ impl Store {
             let mut upsert_hourly = tx.prepare_cached(UPSERT_HOURLY).map_err(err)?;
             let mut upsert_lock = tx.prepare_cached(UPSERT_LOCK).map_err(err)?;
             let mut delete_lock = tx.prepare_cached(DELETE_LOCK).map_err(err)?;
+            let mut delete_sent = tx.prepare_cached(DELETE_SENT).map_err(err)?;
             for event in events {
                 match event {
-                    Event::Sent { key, at, count } => {
-                        insert_sent.execute(params![key, at, count]).map_err(err)?;
+                    Event::Sent {
+                        key,
+                        at,
+                        count,
+                        windowed,
+                    } => {
+                        if *windowed {
+                            insert_sent.execute(params![key, at, count]).map_err(err)?;
+                        }
                         upsert_hourly
                             .execute(params![key, hour_of(*at), count, 0, 0])
                             .map_err(err)?;
@@ -208,6 +219,9 @@ impl Store {
                     }
                     Event::Unlocked { key, at: _ } => {
                         delete_lock.execute(params![key]).map_err(err)?;
+                    }
+                    Event::Reset { key, at: _ } => {
+                        delete_sent.execute(params![key]).map_err(err)?;
                     }
                 }
             }

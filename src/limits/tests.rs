@@ -345,3 +345,92 @@ fn restore_keeps_counts_across_a_restart() {
     fresh.restore(&snapshot);
     assert_eq!(send(&fresh, &k, 5), 2);
 }
+
+/// A journal through a real database and back into a fresh limiter, as a
+/// restart would.
+fn restarted(journal: &[Event], cfg: LimitsConfig) -> Arc<Limiter> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = store::Store::open(dir.path()).unwrap();
+    db.apply(journal).unwrap();
+    let (fresh, _) = limiter(cfg);
+    fresh.restore(&db.load(0, fresh.now()).unwrap());
+    fresh
+}
+
+fn counted(l: &Limiter, k: &SenderKey) -> usize {
+    l.status(k, None).rates[0].1
+}
+
+#[test]
+fn a_reset_is_journaled_in_order_with_the_sends_around_it() {
+    let (l, _) = limiter(twelve());
+    let (alice, bob) = (key("auth:alice"), key("auth:bob"));
+    assert_eq!(send(&l, &alice, 5), 5);
+    let Decision::Accept(in_flight) = l.check(&alice, None, None) else {
+        panic!("refused")
+    };
+    l.reset(&alice);
+    // Reserved before the reset, sent after it: it counts.
+    l.commit(in_flight);
+    assert_eq!(send(&l, &alice, 2), 2);
+    // A key that is not resident is reset on disk all the same.
+    l.reset(&bob);
+    assert_eq!(counted(&l, &alice), 3);
+
+    let journal = l.drain_journal();
+    let kinds: Vec<&str> = journal
+        .iter()
+        .filter(|e| matches!(e, Event::Sent { key, .. } | Event::Reset { key, .. } if key == "auth:alice"))
+        .map(|e| match e {
+            Event::Sent { .. } => "sent",
+            _ => "reset",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["sent"; 5]
+            .into_iter()
+            .chain(["reset"])
+            .chain(["sent"; 3])
+            .collect::<Vec<_>>()
+    );
+    assert!(journal.contains(&Event::Reset {
+        key: "auth:bob".into(),
+        at: l.now()
+    }));
+    let fresh = restarted(&journal, twelve());
+    assert_eq!(counted(&fresh, &alice), 3, "as before the restart");
+    assert_eq!(send(&fresh, &alice, 12), 9);
+}
+
+#[test]
+fn sends_outside_the_window_are_not_restored_into_it() {
+    let (l, _) = limiter(twelve());
+    let alice = key("auth:alice");
+    let exempt = store::StoredOverride {
+        key: alice.to_string(),
+        exempt: true,
+        limit: "unlimited".into(),
+        until: None,
+        reason: "list".into(),
+        who: "ops".into(),
+        at: l.now(),
+    };
+    let (k, o) = operate::RuntimeOverride::from_stored(exempt).unwrap();
+    l.set_override(k, o);
+    assert_eq!(send(&l, &alice, 20), 20);
+    l.remove_override(&alice);
+    assert_eq!(counted(&l, &alice), 0, "sent while exempt: not counted");
+    assert_eq!(send(&l, &alice, 2), 2);
+    let journal = l.drain_journal();
+    let windowed = |w: bool| {
+        journal
+            .iter()
+            .filter(|e| matches!(e, Event::Sent { windowed, .. } if *windowed == w))
+            .count()
+    };
+    assert_eq!((windowed(false), windowed(true)), (20, 2));
+    let fresh = restarted(&journal, twelve());
+    assert_eq!(counted(&fresh, &alice), 2, "as before the restart");
+    assert_eq!(send(&fresh, &alice, 12), 10);
+}

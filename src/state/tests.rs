@@ -75,6 +75,7 @@ fn sent() -> Event {
         key: "auth:alice".into(),
         at: NOW,
         count: 1,
+        windowed: true,
     }
 }
 
@@ -159,4 +160,82 @@ fn failed_writes_keep_their_changes_and_retry_them_in_order() {
         }
     ));
     assert_eq!(disk.taken.len(), 8);
+}
+
+/// `stored` as an operator's override of `key`, set at `NOW - 100`.
+fn stored(key: &str, limit: &str, until: Option<Time>) -> crate::limits::store::StoredOverride {
+    crate::limits::store::StoredOverride {
+        key: key.into(),
+        exempt: false,
+        limit: limit.into(),
+        until,
+        reason: "campaign".into(),
+        who: "ops".into(),
+        at: NOW - 100,
+    }
+}
+
+fn audit(action: &str, key: &str) -> crate::limits::store::AuditEntry {
+    crate::limits::store::AuditEntry {
+        at: NOW - 100,
+        who: "ops".into(),
+        action: action.into(),
+        key: key.into(),
+        old: None,
+        new: None,
+        reason: "campaign".into(),
+    }
+}
+
+#[test]
+fn start_restores_overrides_before_the_windows_they_widen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = Store::open(dir.path()).unwrap();
+        // Under a raise to 20/1d: 5 sends two hours ago, 10 a minute ago.
+        let at = |at, count| Event::Sent {
+            key: "auth:alice".into(),
+            at,
+            count,
+            windowed: true,
+        };
+        store.apply(&[at(NOW - 7200, 5), at(NOW - 60, 10)]).unwrap();
+        let raise = stored("auth:alice", "20/1d", None);
+        store
+            .save_override(&raise, &audit("raise", "auth:alice"))
+            .unwrap();
+        // And one that ran out while mailbrake was stopped.
+        let over = stored("auth:bob", "50/1h", Some(NOW - 1));
+        store
+            .save_override(&over, &audit("raise", "auth:bob"))
+            .unwrap();
+    }
+    let l = Arc::new(limiter());
+    let keeper = start(l.clone(), dir.path(), NonZeroUsize::new(100).unwrap()).unwrap();
+    // All 15 counted against 20/1d (not the file's 12/1h: 10 read back, 12 kept).
+    let mut accepted = 0;
+    for _ in 0..10 {
+        if let Decision::Accept(r) = l.check(&alice(), None, None) {
+            l.commit(r);
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 5);
+    let bob = SenderKey::parse("auth:bob").unwrap();
+    assert_eq!(
+        l.override_of(&bob),
+        None,
+        "expired before the first session"
+    );
+    keeper.stop();
+    let store = Store::open(dir.path()).unwrap();
+    let keys: Vec<String> = store
+        .overrides()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["auth:alice"]);
+    assert_eq!(store.audit(1).unwrap()[0].action, "expire");
+    assert_eq!(store.audit(1).unwrap()[0].key, "auth:bob");
 }

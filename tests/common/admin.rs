@@ -43,3 +43,22 @@ pub async fn admin_call(
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Runs the CLI against `admin`, with `token` in the environment as
+/// `--admin` needs, as user `cli-test`; (exit code, stdout, stderr).
+pub fn cli(admin: SocketAddr, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mailbrake"))
+        .args(args)
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .env("MAILBRAKE_ADMIN_TOKEN", token)
+        .env("USER", "cli-test")
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod netns;
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};

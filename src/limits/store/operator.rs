@@ -79,6 +79,30 @@ impl Store {
         Ok(old)
     }
 
+    /// Removes `key`'s override if it has expired at `now`, recording
+    /// `audit`; false (and no audit) if the key's override is one still in
+    /// force, set since the caller saw the expired one, or none.
+    pub fn expire_override(
+        &mut self,
+        key: &str,
+        now: Time,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let err = sql_err(&self.path, "expire an override");
+        let tx = self.conn.transaction().map_err(err)?;
+        let gone = tx
+            .execute(
+                "DELETE FROM overrides WHERE key = ?1 AND until IS NOT NULL AND until <= ?2",
+                params![key, now],
+            )
+            .map_err(err)?;
+        if gone > 0 {
+            insert_audit(&tx, audit).map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(gone > 0)
+    }
+
     /// Every override, expired ones included (the caller expires them).
     pub fn overrides(&self) -> Result<Vec<StoredOverride>, StoreError> {
         let err = sql_err(&self.path, "read overrides");
@@ -197,5 +221,43 @@ mod tests {
             "newest first"
         );
         assert_eq!(s.audit(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn expiring_keeps_an_override_set_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path()).unwrap();
+        let o = |limit: &str, until| StoredOverride {
+            key: "auth:shop@example.com".into(),
+            exempt: false,
+            limit: limit.into(),
+            until,
+            reason: "campaign".into(),
+            who: "ops".into(),
+            at: 1000,
+        };
+        // The state thread took an expired override from memory; an operator
+        // has set another since (lasting, then for a while): it stays.
+        for newer in [o("600/1h", None), o("700/1h", Some(9000))] {
+            s.save_override(&newer, &entry("raise", &newer.key))
+                .unwrap();
+            assert!(
+                !s.expire_override(&newer.key, 5000, &entry("expire", &newer.key))
+                    .unwrap()
+            );
+            assert_eq!(s.overrides().unwrap(), [newer]);
+        }
+        // Its own time up, it goes, audited.
+        assert!(
+            s.expire_override(
+                "auth:shop@example.com",
+                9000,
+                &entry("expire", "auth:shop@example.com")
+            )
+            .unwrap()
+        );
+        assert!(s.overrides().unwrap().is_empty());
+        let actions: Vec<_> = s.audit(10).unwrap().into_iter().map(|e| e.action).collect();
+        assert_eq!(actions, ["expire", "raise", "raise"]);
     }
 }

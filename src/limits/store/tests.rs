@@ -7,6 +7,24 @@ fn sent(key: &str, at: Time, count: u32) -> Event {
         key: key.into(),
         at,
         count,
+        windowed: true,
+    }
+}
+
+/// Sent without a window: an exempt or unlimited key, fleet mode.
+fn totalled(key: &str, at: Time, count: u32) -> Event {
+    Event::Sent {
+        key: key.into(),
+        at,
+        count,
+        windowed: false,
+    }
+}
+
+fn reset(key: &str, at: Time) -> Event {
+    Event::Reset {
+        key: key.into(),
+        at,
     }
 }
 
@@ -240,6 +258,56 @@ fn relock_replaces_and_unlock_removes() {
     assert!(store.load(0, 50).unwrap().locks.is_empty());
     // Unlocking a key that is not locked is not an error.
     store.apply(&[unlocked("nobody", 43)]).unwrap();
+}
+
+// === operators' resets ===
+
+#[test]
+fn a_reset_forgets_the_sends_before_it_and_keeps_those_after() {
+    let (_dir, mut store) = open();
+    // Written by an earlier batch, as when the reset comes later.
+    store
+        .apply(&[sent("a", 100, 3), sent("b", 100, 2)])
+        .unwrap();
+    // One batch, in the engine's order: a send, the reset, a send in the
+    // same second (the second one counts, the first does not).
+    store
+        .apply(&[sent("a", 101, 1), reset("a", 101), sent("a", 101, 1)])
+        .unwrap();
+    assert_eq!(
+        times(&store.load(0, 0).unwrap()),
+        [("a", vec![101]), ("b", vec![100, 100])],
+        "b is not a's reset"
+    );
+    // Kept across reopening, and a reset of a key with nothing is no error.
+    store
+        .apply(&[reset("b", 102), reset("nobody", 102)])
+        .unwrap();
+    drop(store);
+    let store = Store::open(_dir.path()).unwrap();
+    assert_eq!(times(&store.load(0, 0).unwrap()), [("a", vec![101])]);
+    // The report still sees what was sent.
+    assert_eq!(
+        store.hourly(0).unwrap(),
+        [total("a", 0, 5, 0, 0), total("b", 0, 2, 0, 0)]
+    );
+}
+
+#[test]
+fn sends_outside_any_window_count_in_the_totals_only() {
+    let (_dir, mut store) = open();
+    store
+        .apply(&[
+            totalled("a", 100, 4),
+            sent("a", 200, 1),
+            totalled("b", 100, 1),
+        ])
+        .unwrap();
+    assert_eq!(times(&store.load(0, 0).unwrap()), [("a", vec![200])]);
+    assert_eq!(
+        store.hourly(0).unwrap(),
+        [total("a", 0, 5, 0, 0), total("b", 0, 1, 0, 0)]
+    );
 }
 
 // === hourly ===
