@@ -23,7 +23,9 @@ use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, pki_types::ServerName};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Tls {
@@ -130,7 +132,7 @@ fn connector(args: &Args) -> std::result::Result<TlsConnector, String> {
     let path = args.ca.as_ref().ok_or("--ca is needed with TLS")?;
     let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots
             .add(cert.map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;

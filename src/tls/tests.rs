@@ -365,9 +365,7 @@ async fn key_formats() {
     let pki = Pki::new();
     let pkcs8 = pki.leaf("pkcs8", &["pkcs8.example"], None);
     let sec1 = pki.leaf("sec1", &["sec1.example"], None);
-    let pkcs8_der = rustls_pemfile::private_key(&mut fs::read(&sec1.pair.key).unwrap().as_slice())
-        .unwrap()
-        .unwrap();
+    let pkcs8_der = PrivateKeyDer::from_pem_slice(&fs::read(&sec1.pair.key).unwrap()).unwrap();
     fs::write(&sec1.pair.key, pkcs8_to_sec1_pem(pkcs8_der.secret_der())).unwrap();
     assert!(matches!(
         read_key(&sec1.pair.key).unwrap(),
