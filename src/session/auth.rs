@@ -24,6 +24,7 @@ mod read;
 mod tests;
 
 use std::fmt;
+use zeroize::Zeroizing;
 
 use base64::Engine;
 use base64::alphabet;
@@ -204,7 +205,7 @@ impl SaslExchange {
             // An empty LOGIN initial response is no username: Dovecot then
             // asks for it, and the next message names the user.
             b"=" if mechanism == Mechanism::Login => {}
-            b"=" => x.read(Ok(Vec::new())),
+            b"=" => x.read(Ok(Zeroizing::new(Vec::new()))),
             _ => x.read(decode(initial)),
         }
         x
@@ -244,7 +245,7 @@ impl SaslExchange {
         }
     }
 
-    fn read(&mut self, message: Result<Vec<u8>, Unreadable>) {
+    fn read(&mut self, message: Result<Zeroizing<Vec<u8>>, Unreadable>) {
         let mechanism = self.mechanism;
         self.reading = match message.and_then(|m| read::username(mechanism, &m)) {
             Ok(user) => Reading::Known(user),
@@ -297,11 +298,16 @@ const SASL_BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-fn decode(text: &[u8]) -> Result<Vec<u8>, Unreadable> {
-    let compact: Vec<u8> = text
-        .iter()
-        .copied()
-        .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        .collect();
-    SASL_BASE64.decode(compact).map_err(|_| Unreadable::Base64)
+/// Decoded messages may hold a password: their buffers are wiped when dropped.
+fn decode(text: &[u8]) -> Result<Zeroizing<Vec<u8>>, Unreadable> {
+    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
+        text.iter()
+            .copied()
+            .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            .collect(),
+    );
+    SASL_BASE64
+        .decode(compact.as_slice())
+        .map(Zeroizing::new)
+        .map_err(|_| Unreadable::Base64)
 }
