@@ -124,17 +124,16 @@ impl Request {
 /// every other byte becomes `%XX`. A segment of only dots is encoded too, so
 /// it cannot climb out of its route.
 pub fn encode_segment(segment: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    // RFC 3986's unreserved characters stay; "." and ".." would be read as
+    // path steps, so a segment of dots only is encoded whole.
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
+    const KEEP: &AsciiSet = &UNRESERVED.remove(b'.');
     let only_dots = !segment.is_empty() && segment.bytes().all(|b| b == b'.');
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~') || (b == b'.' && !only_dots)
-        {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+    if only_dots {
+        return segment.bytes().map(|b| format!("%{b:02X}")).collect();
     }
-    out
+    utf8_percent_encode(segment, KEEP).to_string()
 }
 
 /// The admin API's base URL: `http://` added when no scheme is given, no
