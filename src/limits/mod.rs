@@ -10,8 +10,9 @@
 //! - [`operate`]: what operators do at run time: overrides that expire,
 //!   exemptions, resets.
 //! - [`shared`]: this process's link to a fleet's Redis.
-//! - [`ledger`]: one session's reservations, committed or released as its
-//!   transactions end, released when it disconnects.
+//! - [`ledger`]: one session's reservations, each settled by the upstream's
+//!   reply to its own RCPT and end of message; when the session goes, what
+//!   an unanswered end of message may have delivered counts as sent.
 //! - [`fleet`]: fleet mode: windows, locks and overrides shared in Redis.
 //!
 //! [`Limiter`] shares the engine between sessions: keys are spread over
