@@ -67,19 +67,23 @@ pub fn certs_for(names: &[&str]) -> Certs {
 }
 
 /// A free port on 127.0.0.1 (bound, then released), never one this test
-/// process handed out before: the kernel may offer a released port again at
-/// once, and two listeners of one config on the same port fail validation.
+/// process handed out before (two listeners of one config on the same port
+/// fail validation), and below the kernel's ephemeral range (32768-60999 by
+/// default): a port-0 bind elsewhere in the test (an admin endpoint, a test
+/// upstream) or an outgoing connection's local port could otherwise take it
+/// between here and its use.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries that run one after the other start far apart.
+    let offset = (std::process::id() % 60) * 200;
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left below the ephemeral range");
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
