@@ -150,10 +150,7 @@ impl Enforcer {
                     return Verdict::Accept;
                 }
                 count("deferred", "over_limit");
-                return Verdict::Refuse(
-                    "451 4.3.0 Recipient limits are temporarily unavailable; try again later"
-                        .into(),
-                );
+                return Verdict::Refuse(LIMITS_UNAVAILABLE.into());
             }
         };
         let decision = match refusal {
@@ -295,10 +292,13 @@ impl SessionPolicy for Enforcer {
 /// one, nothing would count its recipients, so none is accepted.
 fn no_key() -> Verdict {
     tracing::error!("no sender key for this session; recipient deferred");
-    Verdict::Refuse(
-        "451 4.3.0 Recipient limits are temporarily unavailable; try again later".into(),
-    )
+    Verdict::Refuse(LIMITS_UNAVAILABLE.into())
 }
+
+/// The reply to a recipient no limit can be decided for (Redis unreachable
+/// with `redis_failure = "closed"`, or no sender key).
+const LIMITS_UNAVAILABLE: &str =
+    "451 4.3.0 Recipient limits are temporarily unavailable; try again later";
 
 /// The reply line for a refused recipient: it names the key, the limit and
 /// when mail will flow again.
