@@ -33,14 +33,7 @@ fn node(redis: &Redis, up: &Upstream, failure: &str) -> Node {
          [protect]\nconnections_per_ip = \"off\"\n",
         dir.path().join("state"),
         redis.url()
-    ) + &listener(
-        "l",
-        port,
-        "none",
-        None,
-        &up.addr.to_string(),
-        "allow_plaintext_auth = true\n",
-    );
+    ) + &plain_auth_listener("l", port, up.addr);
     let mut mb = Mailbrake::start(&cfg);
     mb.logged("fleet state in Redis: connected");
     let admin = admin_addr(&mut mb);

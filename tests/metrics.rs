@@ -202,14 +202,7 @@ async fn scripted_traffic_gives_exact_metrics() {
          [limits]\ndefault = \"3/1h\"\nlock_after_refusals = 2\nrotation = \"off\"\n\
          [protect]\nconnections_per_ip = \"off\"\n",
         dir.path().join("state")
-    ) + &listener(
-        "plain",
-        port,
-        "none",
-        None,
-        &up.addr.to_string(),
-        "allow_plaintext_auth = true\n",
-    );
+    ) + &plain_auth_listener("plain", port, up.addr);
     let mut mb = Mailbrake::start(&cfg);
     let admin = admin_addr(&mut mb);
 

@@ -54,14 +54,7 @@ async fn rig(extra_limits: &str, admin_section: &str) -> Rig {
         "{admin_section}[server]\nhostname = \"mb.test\"\n[state]\ndir = {state:?}\n\
          [limits]\ndefault = \"3/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n{extra_limits}\
          [protect]\nconnections_per_ip = \"off\"\n"
-    ) + &listener(
-        "l",
-        port,
-        "none",
-        None,
-        &up.addr.to_string(),
-        "allow_plaintext_auth = true\n",
-    );
+    ) + &plain_auth_listener("l", port, up.addr);
     let mut mb = Mailbrake::start(&cfg);
     let admin = admin_addr(&mut mb);
     Rig {

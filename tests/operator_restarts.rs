@@ -70,14 +70,7 @@ impl Rig {
              [state]\ndir = {state:?}\n{backend}\
              [limits]\ndefault = \"3/1h\"\nrotation = \"off\"\nlock_after_refusals = 0\n\
              [protect]\nconnections_per_ip = \"off\"\n"
-        ) + &listener(
-            "l",
-            port,
-            "none",
-            None,
-            &up.addr.to_string(),
-            "allow_plaintext_auth = true\n",
-        );
+        ) + &plain_auth_listener("l", port, up.addr);
         let mut mb = Mailbrake::start(&cfg);
         if fleet {
             mb.logged("fleet state in Redis: connected");

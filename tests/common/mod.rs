@@ -224,6 +224,18 @@ impl Drop for Mailbrake {
     }
 }
 
+/// A plain listener named `name` that allows AUTH without TLS, in front of `up`.
+pub fn plain_auth_listener(name: &str, port: u16, up: std::net::SocketAddr) -> String {
+    listener(
+        name,
+        port,
+        "none",
+        None,
+        &up.to_string(),
+        "allow_plaintext_auth = true\n",
+    )
+}
+
 /// A listener section for tests.
 pub fn listener(
     name: &str,
