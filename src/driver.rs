@@ -3,6 +3,7 @@
 //! session meets sockets, TLS handshakes, timers and the clock.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,16 +12,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::leg::Leg;
 use crate::metrics as m;
-use crate::session::{Action, Failure, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
+use crate::session::{Action, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
+
+mod outbox;
+mod wait;
+
+use outbox::{Outbox, Sent};
+use wait::Wakeups;
 
 /// Read buffers per leg: small while a session idles (thousands may be
 /// open), grown while data streams (a full read doubles it), shrunk back
 /// when reads come in small again.
 const READ_BUF_MIN: usize = 1024;
-const READ_BUF_MAX: usize = 64 * 1024;
+pub(crate) const READ_BUF_MAX: usize = 64 * 1024;
 
 /// A read buffer that follows the traffic.
-struct ReadBuf(Vec<u8>);
+pub(crate) struct ReadBuf(pub(crate) Vec<u8>);
 
 impl ReadBuf {
     fn new() -> Self {
@@ -29,7 +36,7 @@ impl ReadBuf {
 
     /// After a read of `n` bytes: grow when it filled the buffer, shrink when
     /// it used little of a grown one.
-    fn fit(&mut self, n: usize) {
+    pub(crate) fn fit(&mut self, n: usize) {
         let len = self.0.len();
         if n == len && len < READ_BUF_MAX {
             self.0.resize(len * 2, 0);
@@ -74,7 +81,7 @@ pub struct DriverEnv {
 }
 
 /// The clock seam: the only clock read on a session's path.
-fn now() -> Instant {
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
@@ -89,19 +96,10 @@ pub async fn drive<C, U>(
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut to_client, mut to_upstream) = (0u64, 0u64);
-    run(
-        session,
-        client,
-        upstream,
-        policy,
-        env,
-        &mut to_client,
-        &mut to_upstream,
-    )
-    .await;
-    env.metrics.bytes_to_client.increment(to_client);
-    env.metrics.bytes_to_upstream.increment(to_upstream);
+    let mut out = Outbox::default();
+    run(session, client, upstream, policy, env, &mut out).await;
+    env.metrics.bytes_to_client.increment(out.to_client);
+    env.metrics.bytes_to_upstream.increment(out.to_upstream);
 }
 
 async fn run<C, U>(
@@ -110,8 +108,7 @@ async fn run<C, U>(
     upstream: &mut Leg<U>,
     policy: &mut dyn SessionPolicy,
     env: &DriverEnv,
-    to_client: &mut u64,
-    to_upstream: &mut u64,
+    out: &mut Outbox,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -119,38 +116,33 @@ async fn run<C, U>(
     let mut cbuf = ReadBuf::new();
     let mut ubuf = ReadBuf::new();
     let mut pending: VecDeque<Action> = VecDeque::new();
-    // One timer for the whole session. It is moved earlier when the session's
-    // deadline comes sooner, and otherwise left to fire and be re-armed: most
-    // events push the deadline later, and resetting a timer on each of them
-    // costs more than an early wake-up (the session ignores one that comes
-    // before its deadline).
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-    let timer = tokio::time::sleep_until(far());
+    let timer = tokio::time::sleep_until(wait::far());
     tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
     // Registered once: every session shares the token, so a fresh wait on
     // each turn of the loop would contend for its lock.
     let stopped = env.stop.cancelled();
     tokio::pin!(stopped);
-    let mut stopping = false;
-    let mut out = Outbox::default();
+    let mut wake = Wakeups::new(timer, stopped);
     loop {
         // Carry out every action, in order. Consecutive bytes for a leg are
         // gathered and written in one go (one system call, one TCP segment)
         // before any action that must come after them.
         while let Some(action) = pending.pop_front() {
+            let Some(action) = out.gather(action) else {
+                continue;
+            };
             match action {
-                Action::ToClient(bytes) => {
-                    *to_client += bytes.len() as u64;
-                    out.client.push(bytes);
-                }
-                Action::ToUpstream(bytes) => {
-                    *to_upstream += bytes.len() as u64;
-                    out.upstream.push(bytes);
-                }
                 // The policy's part needs nothing written first.
-                policy_action @ (Action::CheckRcpt(_)
-                | Action::Tx(_)
+                Action::CheckRcpt(check) => {
+                    let legs = (&mut *client, &mut *upstream);
+                    let bufs = (&mut cbuf, &mut ubuf);
+                    let io = (&mut *out, env);
+                    match wait::decide(check, session, legs, policy, &mut wake, bufs, io).await {
+                        Some(actions) => pending.extend(actions),
+                        None => return,
+                    }
+                }
+                policy_action @ (Action::Tx(_)
                 | Action::CheckAuth(_)
                 | Action::AuthResult { .. }) => {
                     let go_on = act(
@@ -189,13 +181,7 @@ async fn run<C, U>(
         if session.is_closed() {
             return;
         }
-        let deadline = session.deadline();
-        if deadline.is_some_and(|d| armed.is_none_or(|a| d < a)) {
-            armed = deadline;
-            timer
-                .as_mut()
-                .reset(deadline.map_or_else(far, tokio::time::Instant::from_std));
-        }
+        wake.arm(session);
         tokio::select! {
             r = client.read(&mut cbuf.0), if session.wants_client_bytes() => {
                 pending.extend(match r {
@@ -217,88 +203,9 @@ async fn run<C, U>(
                     }
                 });
             }
-            _ = &mut timer => {
-                pending.extend(session.on_timeout(now()));
-                // Re-arm from the session's deadline now, whether this was
-                // it or an earlier one that has since moved.
-                armed = session.deadline();
-                timer
-                    .as_mut()
-                    .reset(armed.map_or_else(far, tokio::time::Instant::from_std));
-            }
-            _ = &mut stopped, if !stopping => {
-                stopping = true;
-                pending.extend(session.on_failure(Failure::ShuttingDown));
-            }
+            w = wake.next() => pending.extend(wake.handle(w, session)),
         }
     }
-}
-
-/// Bytes gathered for each leg during one turn of the driver's loop.
-#[derive(Default)]
-struct Outbox {
-    client: Gathered,
-    upstream: Gathered,
-}
-
-/// What became of an [`Outbox::send`].
-enum Sent {
-    Ok,
-    /// The client does not take its replies: the session ends.
-    ClientGone,
-    /// The upstream cannot be written to: the session hears of it as an EOF.
-    UpstreamGone,
-}
-
-impl Outbox {
-    /// Writes and flushes what was gathered, client first.
-    async fn send<C, U>(
-        &mut self,
-        client: &mut Leg<C>,
-        upstream: &mut Leg<U>,
-        env: &DriverEnv,
-    ) -> Sent
-    where
-        C: AsyncRead + AsyncWrite + Unpin,
-        U: AsyncRead + AsyncWrite + Unpin,
-    {
-        if let Some(bytes) = self.client.take()
-            && let Err(e) = bounded(write_flush(client, &bytes), env.write_timeout).await
-        {
-            tracing::info!(error = %e, "client not reading; closing");
-            return Sent::ClientGone;
-        }
-        if let Some(bytes) = self.upstream.take()
-            && let Err(e) = bounded(write_flush(upstream, &bytes), env.write_timeout).await
-        {
-            tracing::debug!(error = %e, "upstream write failed");
-            return Sent::UpstreamGone;
-        }
-        Sent::Ok
-    }
-}
-
-/// Byte strings for one leg, joined without a copy when there is only one
-/// (the usual case), and holding no memory once taken.
-#[derive(Default)]
-struct Gathered(Option<Vec<u8>>);
-
-impl Gathered {
-    fn push(&mut self, bytes: Vec<u8>) {
-        match &mut self.0 {
-            None => self.0 = Some(bytes),
-            Some(buf) => buf.extend_from_slice(&bytes),
-        }
-    }
-
-    fn take(&mut self) -> Option<Vec<u8>> {
-        self.0.take()
-    }
-}
-
-async fn write_flush<T: AsyncWrite + Unpin>(leg: &mut T, bytes: &[u8]) -> std::io::Result<()> {
-    leg.write_all(bytes).await?;
-    leg.flush().await
 }
 
 /// Carries out one action other than writing bytes. False when the session
@@ -334,10 +241,7 @@ where
             };
             pending.extend(session.on_upstream_tls(result, now()));
         }
-        Action::CheckRcpt(check) => {
-            let verdict = policy.check_rcpt(&check).await;
-            pending.extend(session.on_rcpt_verdict(verdict, now()));
-        }
+        Action::CheckRcpt(_) => unreachable!("decided by the caller"),
         Action::Tx(event) => {
             if let TxEvent::End {
                 delivered,
@@ -381,13 +285,12 @@ where
 
 /// An I/O step that must finish within `limit`. Most writes finish at once;
 /// the clock is started only for one that has to wait.
-async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
+pub(crate) async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
     fut: F,
     limit: Duration,
 ) -> std::io::Result<()> {
     let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
-    if let std::task::Poll::Ready(r) = first {
+    if let Some(r) = ready_now(&mut fut).await {
         return r;
     }
     tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
@@ -396,6 +299,15 @@ async fn bounded<F: std::future::Future<Output = std::io::Result<()>>>(
             format!("no progress within {limit:?}"),
         ))
     })
+}
+
+/// Polls `fut` once: its output if it is ready without waiting.
+pub(crate) async fn ready_now<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match Pin::new(&mut *fut).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// TLS as server on the client leg (implicit TLS, or after STARTTLS) within
@@ -438,26 +350,4 @@ where
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn read_buffers_follow_the_traffic() {
-        let mut b = ReadBuf::new();
-        b.fit(100);
-        assert_eq!(b.0.len(), READ_BUF_MIN, "a command line keeps it small");
-        for _ in 0..10 {
-            let n = b.0.len();
-            b.fit(n);
-        }
-        assert_eq!(b.0.len(), READ_BUF_MAX, "a stream grows it, up to the cap");
-        b.fit(READ_BUF_MAX / 2);
-        assert_eq!(b.0.len(), READ_BUF_MAX, "still streaming");
-        b.fit(200);
-        assert_eq!(
-            b.0.len(),
-            READ_BUF_MIN,
-            "back to small when the stream ends"
-        );
-    }
-}
+mod tests;

@@ -427,6 +427,16 @@ impl Session {
         !self.client_eof && !self.client_blocked()
     }
 
+    /// Whether the client has closed its side.
+    pub fn client_closed(&self) -> bool {
+        self.client_eof
+    }
+
+    /// Whether client bytes wait, read but not yet processed.
+    pub fn has_unprocessed_input(&self) -> bool {
+        !self.inbuf.is_empty()
+    }
+
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)

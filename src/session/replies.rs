@@ -49,6 +49,8 @@ pub enum Failure {
     ClientTooSlow(u64),
     #[error("client disconnected in the middle of a message; upstream closed without end-of-data")]
     ClientGoneMidData,
+    #[error("client disconnected while its recipient was being decided")]
+    ClientGone,
     #[error("client sent more than {0} commands without a transaction")]
     TooManyCommands(usize),
     #[error("bare CR or LF next to a '.' line in DATA (SMTP smuggling)")]
@@ -79,8 +81,10 @@ impl Failure {
             | UpstreamTimeout(_)
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
-            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | TooManyCommands(_)
-            | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
+            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | ClientGone
+            | TooManyCommands(_) | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => {
+                Fault::Client
+            }
             UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -109,7 +113,7 @@ impl Failure {
             ClientTimeout(_) | ClientTooSlow(_) => {
                 format!("421 4.4.2 {host} Error: timeout exceeded")
             }
-            ClientGoneMidData => return None,
+            ClientGoneMidData | ClientGone => return None,
             TooManyCommands(_) => format!("421 4.7.0 {host} Error: too many commands"),
             Smuggling => format!(
                 "554 5.5.2 {host} Error: bare <CR> or <LF> next to a '.' line; \
