@@ -218,6 +218,28 @@ async fn recipients_are_deferred_unreserved_while_the_limits_are_unsaved() {
     assert_eq!(counts(&l), (1, 0));
 }
 
+#[test]
+fn refusals_count_as_over_the_limit_unless_the_sender_is_locked() {
+    let full = Refusal::OverLimit(Full {
+        rate: rate(1, 3600),
+        next_free: None,
+    });
+    let locked = Refusal::Locked(Lock {
+        until: None,
+        reason: LockReason::Refusals(51),
+    });
+    let cases = [
+        (Refused::Limit(full), "over_limit"),
+        (Refused::Limit(locked), "locked"),
+        (Refused::TooQuickly, "over_limit"),
+        (Refused::Unavailable, "over_limit"),
+        (Refused::Unsaved, "over_limit"),
+    ];
+    for (refused, decision) in cases {
+        assert_eq!(refused.decision(), decision, "{refused:?}");
+    }
+}
+
 // === The fleet ===
 
 /// What the stub's Redis answers a reserve with: now, or never.
