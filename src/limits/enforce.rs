@@ -1,29 +1,38 @@
 //! The limits as one session's policy: picks the sender key for each RCPT,
-//! asks the engine, words the refusal, and keeps the session's reservations.
+//! asks the engine or the fleet, and keeps the session's reservations. What
+//! either answers is a [`Decided`], worded, logged and counted by
+//! [`Decided::conclude`].
 //!
 //! What counts where: each recipient is counted under the key the session
 //! has when its RCPT arrives. A client that authenticates halfway through a
 //! session has its earlier recipients counted under its vhost or IP key and
 //! the later ones under `auth:`.
+//!
+//! A fleet decision is awaited, and the driver may drop it unfinished (the
+//! session's timer, shutdown, the client gone): from the moment it is asked
+//! for until the ledger holds it, the reservation is owned by a guard that
+//! releases it if dropped. A local decision holds nothing across an await.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::Limiter;
+use super::decide::{Decided, Refused};
 use super::engine::{Decision, Lock, LockReason, Refusal};
 use super::fleet::FleetDecision;
 use super::key::{Identity, SenderKey};
-use super::ledger::Ledger;
-use super::ledger::Remote;
-use super::policy::{clock_text, rate_text, wait_text, when_text};
-use super::shared::FleetLink;
+use super::ledger::{Held, Ledger, Remote};
+use super::shared::{FleetLimits, FleetLink};
 use super::window::Full;
-use super::{Limiter, Time};
 use crate::config::LimitAction;
 use crate::driver::{Pending, SessionPolicy};
 use crate::metrics as m;
 use crate::protect::Protect;
-use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
+use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict, replies};
 use metrics::counter;
+
+#[cfg(test)]
+mod tests;
 
 /// The limits, for one session.
 pub struct Enforcer {
@@ -33,7 +42,7 @@ pub struct Enforcer {
     identity: Identity,
     last_key: Option<SenderKey>,
     /// Set in fleet mode: limits are decided in the fleet's Redis.
-    fleet: Option<(Arc<FleetLink>, Arc<dyn Remote>)>,
+    fleet: Option<Arc<dyn FleetLimits>>,
 }
 
 impl Enforcer {
@@ -46,10 +55,7 @@ impl Enforcer {
         fleet: Option<Arc<FleetLink>>,
     ) -> Self {
         let mut enforcer = Enforcer {
-            fleet: fleet.map(|f| {
-                let remote: Arc<dyn Remote> = Arc::new(f.clone());
-                (f, remote)
-            }),
+            fleet: fleet.map(|f| Arc::new(f) as Arc<dyn FleetLimits>),
             ledger: Ledger::new(limiter.clone()),
             limiter,
             protect,
@@ -86,176 +92,156 @@ impl Enforcer {
         Some(key)
     }
 
+    /// The limits decided by `fleet` from now on, instead of this
+    /// process's engine (a stub, in tests).
+    pub fn with_fleet(mut self, fleet: Arc<dyn FleetLimits>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    /// Decides one recipient with this process's own engine.
+    fn decide_local(&mut self, key: &SenderKey, check: &RcptCheck) -> Decided {
+        let mail_from = check
+            .first_in_transaction
+            .then_some(check.mail_from.as_str());
+        match self.limiter.check(key, self.identity.ip, mail_from) {
+            Decision::Accept(r) => self.paced(key, Held::Local(r)),
+            Decision::Observed(r, refusal) => Decided::Observed(Held::Local(r), refusal),
+            Decision::Refuse(refusal) => Decided::Refused(Refused::Limit(refusal)),
+        }
+    }
+
     /// Decides one recipient in the fleet's Redis: shared counters,
     /// reservations, locks and overrides. Refusals still count towards this
     /// process's automatic lock, which is then shared.
-    async fn check_fleet(
-        &mut self,
-        check: &RcptCheck,
-        link: Arc<FleetLink>,
-        remote: Arc<dyn Remote>,
-    ) -> Verdict {
-        let Some(key) = self.key_for(check) else {
-            return no_key();
-        };
-        let class = key.class().as_str();
-        let count = |outcome: &'static str, decision: &'static str| {
-            m::count_recipient(class, outcome, decision);
-        };
+    async fn decide_fleet(&mut self, key: &SenderKey, fleet: Arc<dyn FleetLimits>) -> Decided {
         let policy = self.limiter.policy();
         let observe = policy.action == LimitAction::Observe;
-        let (rates, _) = policy.limit(&key, self.identity.ip);
+        let (rates, _) = policy.limit(key, self.identity.ip);
         if rates.is_empty() {
-            count("accepted", "accepted");
-            self.ledger.forwarded_uncounted(key);
-            return Verdict::Accept;
+            return Decided::Accepted(Held::Uncounted(key.clone()));
         }
         let rates = rates.to_vec();
         let now = self.limiter.now();
-        let id = link.new_id().unwrap_or_default();
         let text_key = key.to_string();
-        let refusal = match link.reserve(&text_key, &rates, now, &id).await {
-            Ok(FleetDecision::Reserved) => {
-                if !self.protect.allow_rcpt(&key) {
-                    remote.release(&key, &id);
-                    count("deferred", "over_limit");
-                    return Verdict::Refuse(format!(
-                        "450 4.7.1 Too many recipients too quickly for {key}; slow down"
-                    ));
-                }
-                count("accepted", "accepted");
-                self.ledger.forwarded_remote(key, id, remote);
-                return Verdict::Accept;
-            }
+        let asked = Asked {
+            key: key.clone(),
+            id: fleet.new_id().unwrap_or_default(),
+            remote: Some(fleet.clone()),
+        };
+        let refusal = match fleet.reserve(&text_key, &rates, now, &asked.id).await {
+            Ok(FleetDecision::Reserved) => return self.paced(key, asked.held()),
             Ok(FleetDecision::Full {
                 rate_index,
                 next_free,
             }) => {
+                asked.answered();
                 let rate = rates.get(rate_index).copied().unwrap_or(rates[0]);
-                if let Some(lock) = self.limiter.note_refusal(&key, observe) {
+                if let Some(lock) = self.limiter.note_refusal(key, observe) {
                     let reason = lock.reason.to_string();
                     // Shared with the fleet (a failure is logged and counted).
-                    let _ = link.lock(&text_key, lock.until, &reason, now).await;
+                    let _ = fleet.lock(&text_key, lock.until, &reason, now).await;
                 }
                 Refusal::OverLimit(Full { rate, next_free })
             }
-            Ok(FleetDecision::Locked { until, reason }) => Refusal::Locked(Lock {
-                until,
-                reason: LockReason::Restored(reason),
-            }),
-            Err(_) => {
-                if link.fail_open {
-                    count("accepted", "accepted");
-                    self.ledger.forwarded_uncounted(key);
-                    return Verdict::Accept;
-                }
-                count("deferred", "over_limit");
-                return Verdict::Refuse(LIMITS_UNAVAILABLE.into());
+            Ok(FleetDecision::Locked { until, reason }) => {
+                asked.answered();
+                Refusal::Locked(Lock {
+                    until,
+                    reason: LockReason::Restored(reason),
+                })
             }
-        };
-        let decision = match refusal {
-            Refusal::OverLimit(_) => "over_limit",
-            Refusal::Locked(_) => "locked",
+            Err(_) => {
+                // A call that timed out may still have reserved: nothing
+                // here refreshes that reservation, so it expires within the
+                // reservation TTL.
+                asked.answered();
+                return if fleet.fail_open() {
+                    Decided::Accepted(Held::Uncounted(key.clone()))
+                } else {
+                    Decided::Refused(Refused::Unavailable)
+                };
+            }
         };
         if observe {
-            let text = refusal_text(&key, &refusal, LimitAction::Observe, &self.limiter);
-            tracing::info!(sender = %key, rcpt = %check.recipient, would_reply = %text, "over the limit (observe mode: accepted)");
-            count("observed", "observed");
-            self.ledger.forwarded_uncounted(key);
-            return Verdict::Accept;
-        }
-        let text = refusal_text(&key, &refusal, policy.action, &self.limiter);
-        tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
-        let outcome = if text.starts_with('5') {
-            "rejected"
+            Decided::Observed(Held::Uncounted(key.clone()), refusal)
         } else {
-            "deferred"
-        };
-        count(outcome, decision);
-        Verdict::Refuse(text)
+            Decided::Refused(Refused::Limit(refusal))
+        }
     }
 
-    /// Decides one recipient with this process's own engine.
-    fn check_local(&mut self, check: &RcptCheck) -> Verdict {
-        let Some(key) = self.key_for(check) else {
-            return no_key();
-        };
-        let mail_from = check
-            .first_in_transaction
-            .then_some(check.mail_from.as_str());
-        let class = key.class().as_str();
-        let count = |outcome: &'static str, decision: &'static str| {
-            m::count_recipient(class, outcome, decision);
-        };
-        match self.limiter.check(&key, self.identity.ip, mail_from) {
-            Decision::Accept(r) => {
-                if !self.protect.allow_rcpt(&key) {
-                    self.limiter.release(r);
-                    let text =
-                        format!("450 4.7.1 Too many recipients too quickly for {key}; slow down");
-                    tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
-                    count("deferred", "over_limit");
-                    return Verdict::Refuse(text);
-                }
-                count("accepted", "accepted");
-                self.ledger.forwarded(r);
-                Verdict::Accept
-            }
-            Decision::Observed(r, refusal) => {
-                let text = refusal_text(&key, &refusal, LimitAction::Observe, &self.limiter);
-                tracing::info!(sender = %key, rcpt = %check.recipient, would_reply = %text, "over the limit (observe mode: accepted)");
-                count("observed", "observed");
-                self.ledger.forwarded(r);
-                Verdict::Accept
-            }
-            Decision::Refuse(refusal) => {
-                let action = self.limiter.action();
-                let text = refusal_text(&key, &refusal, action, &self.limiter);
-                tracing::info!(sender = %key, rcpt = %check.recipient, reply = %text, "recipient refused");
-                let outcome = if text.starts_with('5') {
-                    "rejected"
-                } else {
-                    "deferred"
-                };
-                let decision = match refusal {
-                    Refusal::OverLimit(_) => "over_limit",
-                    Refusal::Locked(_) => "locked",
-                };
-                count(outcome, decision);
-                Verdict::Refuse(text)
-            }
+    /// A recipient within its limits, unless it comes faster than
+    /// `[protect] rcpt_pace` allows: then what it holds is given back.
+    fn paced(&self, key: &SenderKey, held: Held) -> Decided {
+        if self.protect.allow_rcpt(key) {
+            return Decided::Accepted(held);
         }
+        self.ledger.let_go(held);
+        Decided::Refused(Refused::TooQuickly)
     }
 }
 
-impl Enforcer {
-    /// While the limits cannot be saved (see [`Limiter::unsaved`]), every
-    /// recipient is deferred, whatever its limit and in every mode: each one
-    /// sent adds to the changes held in memory, which must stop growing. No
-    /// reservation is made for it.
-    fn defer_unsaved(&mut self, check: &RcptCheck) -> Verdict {
-        if let Some(key) = self.key_for(check) {
-            tracing::info!(sender = %key, rcpt = %check.recipient, reply = UNSAVED_REPLY, "recipient refused");
-            m::count_recipient(key.class().as_str(), "deferred", "over_limit");
+/// A fleet reservation asked for and not yet handed on: if Redis made it,
+/// it is this session's until the ledger holds it. Dropped before then (the
+/// decision dropped unfinished), it is released in the background;
+/// releasing one that Redis never made changes nothing.
+struct Asked {
+    key: SenderKey,
+    id: String,
+    /// Taken when answered.
+    remote: Option<Arc<dyn FleetLimits>>,
+}
+
+impl Asked {
+    /// Reserved: what the ledger (or [`Enforcer::paced`]) holds from now on.
+    fn held(mut self) -> Held {
+        let remote: Arc<dyn Remote> = self.remote.take().expect("answered once");
+        Held::Remote {
+            key: self.key.clone(),
+            id: std::mem::take(&mut self.id),
+            remote,
         }
-        Verdict::Refuse(UNSAVED_REPLY.into())
+    }
+
+    /// Answered without a reservation: nothing to release.
+    fn answered(mut self) {
+        self.remote = None;
     }
 }
 
-/// The reply to every recipient while the limits cannot be saved.
-pub const UNSAVED_REPLY: &str =
-    "451 4.3.0 Recipient limits cannot be saved right now; try again later";
+impl Drop for Asked {
+    fn drop(&mut self) {
+        if let Some(remote) = self.remote.take() {
+            remote.release(&self.key, &self.id);
+        }
+    }
+}
 
 impl SessionPolicy for Enforcer {
+    /// Nothing is decided until the future is first polled; a local
+    /// decision is then made, held and returned in that one poll, so a
+    /// future dropped unpolled leaves nothing behind. A fleet decision
+    /// waits for Redis (see [`Asked`]).
     fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict> {
-        if self.limiter.unsaved() {
-            return Box::pin(std::future::ready(self.defer_unsaved(check)));
-        }
-        match self.fleet.clone() {
-            Some((link, remote)) => Box::pin(self.check_fleet(check, link, remote)),
-            None => Box::pin(std::future::ready(self.check_local(check))),
-        }
+        Box::pin(async move {
+            let Some(key) = self.key_for(check) else {
+                return no_key();
+            };
+            // While the limits cannot be saved, every recipient is deferred,
+            // whatever its limit and in every mode: each one sent adds to the
+            // changes held in memory, which must stop growing. Nothing is
+            // reserved for it.
+            let decided = if self.limiter.unsaved() {
+                Decided::Refused(Refused::Unsaved)
+            } else if let Some(fleet) = self.fleet.clone() {
+                self.decide_fleet(&key, fleet).await
+            } else {
+                self.decide_local(&key, check)
+            };
+            decided.conclude(&key, &check.recipient, &self.limiter, &mut self.ledger)
+        })
     }
+
     fn check_auth(&mut self, user: Option<&Username>) -> bool {
         let ip = self.identity.ip.expect("set at creation");
         let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
@@ -292,99 +278,5 @@ impl SessionPolicy for Enforcer {
 /// one, nothing would count its recipients, so none is accepted.
 fn no_key() -> Verdict {
     tracing::error!("no sender key for this session; recipient deferred");
-    Verdict::Refuse(LIMITS_UNAVAILABLE.into())
-}
-
-/// The reply to a recipient no limit can be decided for (Redis unreachable
-/// with `redis_failure = "closed"`, or no sender key).
-const LIMITS_UNAVAILABLE: &str =
-    "451 4.3.0 Recipient limits are temporarily unavailable; try again later";
-
-/// The reply line for a refused recipient: it names the key, the limit and
-/// when mail will flow again.
-pub fn refusal_text(
-    key: &SenderKey,
-    refusal: &Refusal,
-    action: LimitAction,
-    limiter: &Limiter,
-) -> String {
-    let now: Time = limiter.now();
-    match refusal {
-        Refusal::OverLimit(full) => {
-            let when = match full.next_free {
-                Some(at) => format!("next recipient accepted {}", when_text(at, now)),
-                None => "next recipient accepted when messages in progress are sent".into(),
-            };
-            let code = match action {
-                LimitAction::Reject => "550 5.7.1",
-                LimitAction::Defer | LimitAction::Observe => "450 4.7.1",
-            };
-            format!(
-                "{code} Recipient limit reached for {key} ({}); {when}",
-                rate_text(&full.rate)
-            )
-        }
-        Refusal::Locked(lock) => {
-            let until = match lock.until {
-                Some(at) => format!(
-                    " for {} (until {})",
-                    wait_text(at, now),
-                    clock_text(at, now)
-                ),
-                None => " until an operator unlocks it".into(),
-            };
-            let contact = limiter
-                .contact()
-                .map(|c| format!("; contact {c}"))
-                .unwrap_or_default();
-            format!(
-                "450 4.7.1 Sender {key} is locked ({}){until}{contact}",
-                lock.reason
-            )
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{LimitsConfig, ProtectConfig};
-    use crate::limits::{Policy, SystemClock};
-
-    fn rcpt() -> RcptCheck {
-        RcptCheck {
-            recipient: "bob@example.net".into(),
-            mail_from: "alice@example.com".into(),
-            user: None,
-            first_in_transaction: true,
-        }
-    }
-
-    #[tokio::test]
-    async fn recipients_are_deferred_unreserved_while_the_limits_are_unsaved() {
-        let limiter = Arc::new(Limiter::new(
-            Policy::new(&LimitsConfig::default()),
-            Box::new(SystemClock),
-        ));
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        let protect = Arc::new(Protect::new(&ProtectConfig::default()));
-        let mut e = Enforcer::new(limiter.clone(), protect, ip, None, None);
-        let key = e.key().unwrap();
-        let pending = || limiter.status(&key, Some(ip)).pending;
-        assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept);
-        assert_eq!(pending(), 1, "an accepted recipient is reserved");
-        e.on_tx(TxEvent::RcptReply { accepted: true });
-        e.on_tx(TxEvent::Reset);
-        assert_eq!(pending(), 0, "and released by an accepted RSET");
-
-        assert!(!limiter.set_unsaved(true));
-        assert_eq!(
-            e.check_rcpt(&rcpt()).await,
-            Verdict::Refuse(UNSAVED_REPLY.into())
-        );
-        assert_eq!(pending(), 0, "a deferred recipient is never reserved");
-        assert!(limiter.set_unsaved(false));
-        assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept);
-        assert_eq!(pending(), 1);
-    }
+    Verdict::Refuse(replies::LIMITS_UNAVAILABLE.into())
 }

@@ -31,14 +31,17 @@ pub trait Remote: Send + Sync {
     fn release(&self, key: &SenderKey, id: &str);
 }
 
-/// One reserved recipient.
-enum Held {
+/// What one forwarded recipient holds, until the upstream settles it.
+pub enum Held {
+    /// A reservation in this process's engine.
     Local(Reservation),
+    /// A reservation elsewhere, as `id`.
     Remote {
         key: SenderKey,
         id: String,
         remote: Arc<dyn Remote>,
     },
+    /// Nothing held; a send still counts in the hourly totals.
     Uncounted(SenderKey),
 }
 
@@ -65,20 +68,14 @@ impl Ledger {
         }
     }
 
-    /// A RCPT reserved in this process's engine was forwarded.
-    pub fn forwarded(&mut self, r: Reservation) {
-        self.unanswered.push_back(Step::Rcpt(Held::Local(r)));
+    /// A RCPT was forwarded, holding `h`.
+    pub fn forwarded(&mut self, h: Held) {
+        self.unanswered.push_back(Step::Rcpt(h));
     }
 
-    /// A RCPT reserved elsewhere (as `id`) was forwarded.
-    pub fn forwarded_remote(&mut self, key: SenderKey, id: String, remote: Arc<dyn Remote>) {
-        self.unanswered
-            .push_back(Step::Rcpt(Held::Remote { key, id, remote }));
-    }
-
-    /// A RCPT forwarded without any reservation.
-    pub fn forwarded_uncounted(&mut self, key: SenderKey) {
-        self.unanswered.push_back(Step::Rcpt(Held::Uncounted(key)));
+    /// Gives back what a recipient that is not forwarded after all held.
+    pub fn let_go(&self, h: Held) {
+        self.settle(h, false);
     }
 
     /// An end of message (end of data, last BDAT) was sent.

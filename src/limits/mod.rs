@@ -14,11 +14,16 @@
 //!   reply to its own RCPT and end of message; when the session goes, what
 //!   an unanswered end of message may have delivered counts as sent.
 //! - [`fleet`]: fleet mode: windows, locks and overrides shared in Redis.
+//! - [`decide`]: one recipient's decision, local or fleet, and the one
+//!   function that makes it a verdict, a reply, a log line and metrics.
+//! - [`enforce`]: the limits as one session's policy: the key for each
+//!   RCPT, the decision, the ledger.
 //!
 //! [`Limiter`] shares the engine between sessions: keys are spread over
 //! shards, each behind its own mutex, so decisions on different keys rarely
 //! wait for each other.
 
+pub mod decide;
 pub mod enforce;
 pub mod engine;
 pub mod fleet;

@@ -16,6 +16,7 @@ use super::fleet::{Fleet, FleetDecision, FleetOptions};
 use super::ledger::Remote;
 use super::{Clock, SenderKey, SystemClock, Time};
 use crate::config::{FleetConfig, Rate};
+use crate::driver::Pending;
 use crate::metrics as m;
 
 /// The fleet, shared by every session of this process.
@@ -33,6 +34,38 @@ pub struct FleetLink {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Unavailable(String);
+
+impl Unavailable {
+    pub fn new(why: impl Into<String>) -> Self {
+        Unavailable(why.into())
+    }
+}
+
+/// What a session's [`Enforcer`](super::enforce::Enforcer) asks of the
+/// fleet: [`FleetLink`] in service, a stub in tests. Settling is
+/// [`Remote`]'s, without waiting.
+pub trait FleetLimits: Remote {
+    /// Accept recipients while Redis cannot be reached (else defer them).
+    fn fail_open(&self) -> bool;
+    /// A reservation id unique across the fleet; `None` until connected.
+    fn new_id(&self) -> Option<String>;
+    /// See [`FleetLink::reserve`].
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        rates: &'a [Rate],
+        now: Time,
+        id: &'a str,
+    ) -> Pending<'a, Result<FleetDecision, Unavailable>>;
+    /// See [`FleetLink::lock`].
+    fn lock<'a>(
+        &'a self,
+        key: &'a str,
+        until: Option<Time>,
+        reason: &'a str,
+        now: Time,
+    ) -> Pending<'a, Result<(), Unavailable>>;
+}
 
 impl FleetLink {
     /// Starts connecting in the background (retrying every second) and
@@ -81,7 +114,7 @@ impl FleetLink {
     fn get(&self, op: &'static str) -> Result<&Fleet, Unavailable> {
         self.fleet.get().ok_or_else(|| {
             counter!(m::FLEET_ERRORS, "op" => op).increment(1);
-            Unavailable("not connected to the fleet's Redis yet".into())
+            Unavailable::new("not connected to the fleet's Redis yet")
         })
     }
 
@@ -97,7 +130,7 @@ impl FleetLink {
                 fail_open = self.fail_open,
                 "fleet state unavailable: {e}"
             );
-            Unavailable(e.to_string())
+            Unavailable::new(e.to_string())
         })
     }
 
@@ -200,6 +233,36 @@ fn refresh_held(link: Weak<FleetLink>, every: Duration) {
             }
         }
     });
+}
+
+impl FleetLimits for Arc<FleetLink> {
+    fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
+    fn new_id(&self) -> Option<String> {
+        FleetLink::new_id(self)
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        rates: &'a [Rate],
+        now: Time,
+        id: &'a str,
+    ) -> Pending<'a, Result<FleetDecision, Unavailable>> {
+        Box::pin(FleetLink::reserve(self, key, rates, now, id))
+    }
+
+    fn lock<'a>(
+        &'a self,
+        key: &'a str,
+        until: Option<Time>,
+        reason: &'a str,
+        now: Time,
+    ) -> Pending<'a, Result<(), Unavailable>> {
+        Box::pin(FleetLink::lock(self, key, until, reason, now))
+    }
 }
 
 impl Remote for Arc<FleetLink> {

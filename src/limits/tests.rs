@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::ledger::Ledger;
+use super::ledger::{Held, Ledger};
 use super::*;
 use crate::config::{Limit, LimitAction, LimitsConfig, Override, Rate};
 
@@ -18,7 +18,7 @@ impl Clock for FakeClock {
     }
 }
 
-fn rate(count: u32, secs: u64) -> Rate {
+pub(super) fn rate(count: u32, secs: u64) -> Rate {
     Rate {
         count,
         window: Duration::from_secs(secs),
@@ -26,7 +26,7 @@ fn rate(count: u32, secs: u64) -> Rate {
 }
 
 /// A limiter on a fake clock at `start`, and the handle that moves it.
-fn limiter(cfg: LimitsConfig) -> (Arc<Limiter>, Arc<AtomicU32>) {
+pub(super) fn limiter(cfg: LimitsConfig) -> (Arc<Limiter>, Arc<AtomicU32>) {
     let time = Arc::new(AtomicU32::new(1_000_000));
     let clock = FakeClock(time.clone());
     (
@@ -114,7 +114,7 @@ fn ledger_commits_delivered_and_releases_the_rest() {
     };
     let mut ledger = Ledger::new(l.clone());
     for _ in 0..3 {
-        ledger.forwarded(reserve());
+        ledger.forwarded(Held::Local(reserve()));
     }
     ledger.rcpt_reply(true);
     ledger.rcpt_reply(false); // the upstream refused this one: released
@@ -123,10 +123,10 @@ fn ledger_commits_delivered_and_releases_the_rest() {
     ledger.end_reply(true);
     assert_eq!(l.status(&k, None).rates[0].1, 2, "two sent");
     // An abandoned transaction (RSET) and a disconnect release.
-    ledger.forwarded(reserve());
+    ledger.forwarded(Held::Local(reserve()));
     ledger.rcpt_reply(true);
     ledger.reset();
-    ledger.forwarded(reserve());
+    ledger.forwarded(Held::Local(reserve()));
     drop(ledger);
     let status = l.status(&k, None);
     assert_eq!((status.rates[0].1, status.pending), (2, 0));
@@ -144,7 +144,7 @@ fn fifty_parallel_sessions_never_exceed_the_limit_together() {
                 let mut got = 0;
                 for _ in 0..10 {
                     if let Decision::Accept(r) = l.check(&k, None, None) {
-                        ledger.forwarded(r);
+                        ledger.forwarded(Held::Local(r));
                         ledger.rcpt_reply(true);
                         got += 1;
                     }

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::config::LimitAction;
+
 /// Whose fault a failure was: the split a proxy's operator needs first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -169,6 +171,64 @@ pub const LEADING_SPACE: &str = "500 5.5.2 Error: command starts with a space";
 pub const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command";
 pub const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command";
 pub const STARTTLS_AFTER_AUTH: &str = "503 5.5.1 Error: STARTTLS is not allowed after AUTH";
+
+// === Recipient limits ===
+//
+// Worded from plain data (the key's text, the rate as configured, times
+// already written for people), so the session stays free of the limits.
+
+/// A recipient over its sender's limit: `rate` as configured (`12/1h`);
+/// `next` when the window frees up (`in 14 min (09:32 UTC)`), or `None` when
+/// only messages in progress fill it. Observe mode words it as deferred.
+pub fn over_limit(
+    action: LimitAction,
+    key: &dyn fmt::Display,
+    rate: &str,
+    next: Option<&str>,
+) -> String {
+    let code = match action {
+        LimitAction::Reject => "550 5.7.1",
+        LimitAction::Defer | LimitAction::Observe => "450 4.7.1",
+    };
+    let when = match next {
+        Some(next) => format!("next recipient accepted {next}"),
+        None => "next recipient accepted when messages in progress are sent".into(),
+    };
+    format!("{code} Recipient limit reached for {key} ({rate}); {when}")
+}
+
+/// A recipient of a locked sender: `until` is how long and until when
+/// (`24 h`, `2026-11-28 09:32 UTC`), `None` for a lock only an operator
+/// lifts; `contact` is `[limits] contact`.
+pub fn sender_locked(
+    key: &dyn fmt::Display,
+    reason: &dyn fmt::Display,
+    until: Option<(&str, &str)>,
+    contact: Option<&str>,
+) -> String {
+    let until = match until {
+        Some((wait, at)) => format!(" for {wait} (until {at})"),
+        None => " until an operator unlocks it".into(),
+    };
+    let contact = contact
+        .map(|c| format!("; contact {c}"))
+        .unwrap_or_default();
+    format!("450 4.7.1 Sender {key} is locked ({reason}){until}{contact}")
+}
+
+/// A recipient faster than `[protect] rcpt_pace` allows its sender.
+pub fn too_quickly(key: &dyn fmt::Display) -> String {
+    format!("450 4.7.1 Too many recipients too quickly for {key}; slow down")
+}
+
+/// A recipient no limit can be decided for (the fleet's Redis unreachable
+/// with `redis_failure = "closed"`, or no sender key).
+pub const LIMITS_UNAVAILABLE: &str =
+    "451 4.3.0 Recipient limits are temporarily unavailable; try again later";
+
+/// Every recipient while the limits cannot be saved.
+pub const LIMITS_UNSAVED: &str =
+    "451 4.3.0 Recipient limits cannot be saved right now; try again later";
 
 /// The reply for a verb that takes no argument, given one.
 pub fn no_arguments(verb: &str) -> String {
