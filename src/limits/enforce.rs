@@ -6,12 +6,11 @@
 //! session has its earlier recipients counted under its vhost or IP key and
 //! the later ones under `auth:`.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::engine::{Decision, Lock, LockReason, Refusal};
 use super::fleet::FleetDecision;
-use super::key::{Identity, SenderKey};
+use super::key::SenderKey;
 use super::ledger::Ledger;
 use super::ledger::Remote;
 use super::policy::{clock_text, rate_text, wait_text, when_text};
@@ -20,6 +19,7 @@ use super::window::Full;
 use super::{Limiter, Time};
 use crate::config::LimitAction;
 use crate::driver::{Pending, SessionPolicy};
+use crate::identity::Identity;
 use crate::metrics as m;
 use crate::protect::Protect;
 use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
@@ -37,12 +37,11 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// `vhost` as matched at connect (network or socket owner); `ip` the client.
+    /// `identity` as [`crate::identity`] recognised the connection.
     pub fn new(
         limiter: Arc<Limiter>,
         protect: Arc<Protect>,
-        ip: IpAddr,
-        vhost: Option<String>,
+        identity: Identity,
         fleet: Option<Arc<FleetLink>>,
     ) -> Self {
         let mut enforcer = Enforcer {
@@ -53,11 +52,7 @@ impl Enforcer {
             ledger: Ledger::new(limiter.clone()),
             limiter,
             protect,
-            identity: Identity {
-                user: None,
-                vhost,
-                ip: Some(ip),
-            },
+            identity,
             last_key: None,
         };
         // The session's first key, in the span's `sender` field once.
@@ -71,13 +66,14 @@ impl Enforcer {
     /// The key the session would be counted under now.
     pub fn key(&self) -> Option<SenderKey> {
         let p = self.limiter.policy();
-        self.identity.key(&p.identity, p.ipv6_prefix)
+        Some(self.identity.key(&p.identity, p.ipv6_prefix))
     }
 
     /// The key for this RCPT (the identity may have changed: AUTH), noted in
     /// the span when it changed.
     fn key_for(&mut self, check: &RcptCheck) -> Option<SenderKey> {
-        self.identity.user = check.user.as_ref().map(|u| u.as_str().to_owned());
+        self.identity
+            .set_user(check.user.as_ref().map(Username::as_str));
         let key = self.key()?;
         if self.last_key.as_ref() != Some(&key) {
             tracing::Span::current().record("sender", tracing::field::display(&key));
@@ -104,7 +100,7 @@ impl Enforcer {
         };
         let policy = self.limiter.policy();
         let observe = policy.action == LimitAction::Observe;
-        let (rates, _) = policy.limit(&key, self.identity.ip);
+        let (rates, _) = policy.limit(&key, Some(self.identity.client.ip()));
         if rates.is_empty() {
             count("accepted", "accepted");
             self.ledger.forwarded_uncounted(key);
@@ -187,7 +183,10 @@ impl Enforcer {
         let count = |outcome: &'static str, decision: &'static str| {
             m::count_recipient(class, outcome, decision);
         };
-        match self.limiter.check(&key, self.identity.ip, mail_from) {
+        match self
+            .limiter
+            .check(&key, Some(self.identity.client.ip()), mail_from)
+        {
             Decision::Accept(r) => {
                 if !self.protect.allow_rcpt(&key) {
                     self.limiter.release(r);
@@ -257,8 +256,8 @@ impl SessionPolicy for Enforcer {
         }
     }
     fn check_auth(&mut self, user: Option<&Username>) -> bool {
-        let ip = self.identity.ip.expect("set at creation");
-        let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
+        let client = self.identity.client;
+        let allowed = self.protect.allow_auth(client, user.map(Username::as_str));
         if !allowed {
             tracing::warn!(user = %user.map_or("?", Username::as_str), "AUTH refused: too many failures");
             counter!(m::AUTH_ATTEMPTS, "mechanism" => "other", "result" => "blocked").increment(1);
@@ -271,8 +270,8 @@ impl SessionPolicy for Enforcer {
         counter!(m::AUTH_ATTEMPTS, "mechanism" => mechanism.name(), "result" => result)
             .increment(1);
         if !ok {
-            let ip = self.identity.ip.expect("set at creation");
-            if !self.protect.auth_failed(ip, user.map(Username::as_str)) {
+            let client = self.identity.client;
+            if !self.protect.auth_failed(client, user.map(Username::as_str)) {
                 tracing::warn!(user = %user.map_or("?", Username::as_str), "too many failed AUTH: further attempts refused for a while");
             }
         }
@@ -349,6 +348,7 @@ pub fn refusal_text(
 mod tests {
     use super::*;
     use crate::config::{LimitsConfig, ProtectConfig};
+    use crate::identity::ClientAddr;
     use crate::limits::{Policy, SystemClock};
 
     fn rcpt() -> RcptCheck {
@@ -366,9 +366,11 @@ mod tests {
             Policy::new(&LimitsConfig::default()),
             Box::new(SystemClock),
         ));
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let client = ClientAddr::new("192.0.2.7:4321".parse().unwrap());
+        let ip = client.ip();
         let protect = Arc::new(Protect::new(&ProtectConfig::default()));
-        let mut e = Enforcer::new(limiter.clone(), protect, ip, None, None);
+        let identity = Identity::by_address(client);
+        let mut e = Enforcer::new(limiter.clone(), protect, identity, None);
         let key = e.key().unwrap();
         let pending = || limiter.status(&key, Some(ip)).pending;
         assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept);
