@@ -2,11 +2,11 @@
 //! (SIGHUP: new settings for new sessions, live ones untouched) and drain
 //! (SIGTERM: stop accepting, let sessions finish, then close them).
 //!
-//! - [`accept`]: each session thread's accept loop: connection rate and
-//!   session limits, session ids, backing off while accepts fail.
-//! - [`connection`]: one accepted connection: the inbound PROXY header from
-//!   trusted peers, who the client is ([`crate::identity`]), implicit TLS,
-//!   dialling the upstream, then the driver.
+//! - `server/accept.rs`: each session thread's accept loop: connection rate
+//!   and session limits, session ids, backing off while accepts fail.
+//! - `server/connection.rs`: one accepted connection: the inbound PROXY
+//!   header from trusted peers, who the client is ([`crate::identity`]),
+//!   implicit TLS, dialling the upstream, then the driver.
 
 mod accept;
 mod connection;
