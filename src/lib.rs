@@ -13,19 +13,27 @@
 //!   close requests out. No sockets, no clock reads.
 //! - [`driver`]: the thin async loop that feeds one session from its two sockets.
 //! - [`leg`]: one side of a session, plain or TLS, upgradable in place.
+//! - [`identity`]: who a connection is, asked once per session: the client
+//!   address (IPv4-mapped unmapped once), the Unix user owning a local
+//!   client's socket (netlink `sock_diag`, `/proc/net/tcp` off the session
+//!   thread) and mailbrake's own connections redirected back, `[[vhost]]`
+//!   matching, the AUTH user, and the order of sources that picks the
+//!   sender key.
 //! - [`upstream`]: choosing and dialling the upstream (fixed, or the original
-//!   destination of a REDIRECT), loop detection, the outbound PROXY header.
+//!   destination of a REDIRECT), refusing to dial mailbrake itself, the
+//!   outbound PROXY header.
 //! - [`orig_dst`]: `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
-//! - [`owner`]: which local Unix user owns a connection's client socket
-//!   (netlink `sock_diag`, `/proc/net/tcp` as the fallback).
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, inbound (trusted peers only) and outbound.
 //! - [`tls`]: rustls configurations for both legs, certificates chosen by SNI.
-//! - [`server`]: listeners, the accept loop, session limits, reload and drain.
+//! - [`server`]: listeners, reload and drain; the accept loop (connection
+//!   rate, session limits) and each connection's setup (PROXY header,
+//!   identity, TLS, dialling) in files of their own.
 //! - [`workers`]: the session threads, one single-threaded runtime each,
 //!   each accepting and running its own sessions.
 //! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`).
 //! - [`logbuf`]: log lines to stderr, gathered on session threads until they go idle.
-//! - [`limits`]: sender keys and the recipient limits (engine, policy, store).
+//! - [`limits`]: the sender key type and the recipient limits (engine,
+//!   policy, store, the session's enforcer).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
 //! - [`report`]: `mailbrake report`: peaks per sender from the hourly totals,
@@ -37,13 +45,13 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod driver;
+pub mod identity;
 pub mod leg;
 pub mod limits;
 pub mod listen;
 pub mod logbuf;
 pub mod metrics;
 pub mod orig_dst;
-pub mod owner;
 pub mod protect;
 pub mod proxy_protocol;
 pub mod report;

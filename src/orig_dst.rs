@@ -8,10 +8,12 @@
 //! not NATed it returns the socket's own local address.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsFd;
 
 use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
+
+use crate::identity::normalize;
 
 /// The address the client dialled before the NAT rewrote it to ours. `peer` is
 /// the accepted connection's peer address and chooses the family: IPv4 peers,
@@ -32,42 +34,11 @@ pub fn original_destination<S: AsFd>(sock: &S, peer: SocketAddr) -> io::Result<S
     }
 }
 
-/// Turns an IPv4-mapped IPv6 address (`[::ffff:192.0.2.1]:25`) into the plain
-/// IPv4 one (`192.0.2.1:25`), for logs and loop checks; others are unchanged.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv6Addr, TcpListener, TcpStream};
+    use std::net::{IpAddr, Ipv6Addr, TcpListener, TcpStream};
 
     use super::*;
-
-    #[test]
-    fn normalize_unmaps_v4_mapped_addresses() {
-        let cases = [
-            ("[::ffff:192.0.2.1]:25", "192.0.2.1:25"),
-            ("[::ffff:127.0.0.1]:587", "127.0.0.1:587"),
-            ("192.0.2.1:25", "192.0.2.1:25"),
-            ("[2001:db8::1]:25", "[2001:db8::1]:25"),
-            ("[::1]:25", "[::1]:25"),
-            // IPv4-compatible (deprecated, ::a.b.c.d) is not mapped: left alone.
-            ("[::192.0.2.1]:25", "[::c000:201]:25"),
-            ("[::]:0", "[::]:0"),
-        ];
-        for (input, expected) in cases {
-            let input: SocketAddr = input.parse().unwrap();
-            let expected: SocketAddr = expected.parse().unwrap();
-            assert_eq!(normalize(input), expected, "{input}");
-        }
-    }
 
     /// On a connection nothing redirected, Linux either fails (no conntrack
     /// module: `ENOPROTOOPT`; conntrack without an entry: `ENOENT`) or returns

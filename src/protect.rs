@@ -21,6 +21,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::{ProtectConfig, Rate};
+use crate::identity::ClientAddr;
 use crate::limits::SenderKey;
 
 type Keyed<K, C> =
@@ -97,13 +98,6 @@ impl Protect<DefaultClock> {
     }
 }
 
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl<C: Clock + Clone> Protect<C> {
     pub fn with_clock(cfg: &ProtectConfig, clock: C) -> Self {
         Protect {
@@ -117,24 +111,24 @@ impl<C: Clock + Clone> Protect<C> {
         }
     }
 
-    /// A new connection from `ip`: false when it comes too fast.
-    pub fn allow_connection(&self, ip: IpAddr) -> bool {
+    /// A new connection from `client`: false when it comes too fast.
+    pub fn allow_connection(&self, client: ClientAddr) -> bool {
         self.connections
             .as_ref()
-            .is_none_or(|l| l.check_key(&unmap(ip)).is_ok())
+            .is_none_or(|l| l.check_key(&client.ip()).is_ok())
     }
 
-    /// Whether `ip` (and `user`, when known) may try AUTH now.
-    pub fn allow_auth(&self, ip: IpAddr, user: Option<&str>) -> bool {
+    /// Whether `client` (and `user`, when known) may try AUTH now.
+    pub fn allow_auth(&self, client: ClientAddr, user: Option<&str>) -> bool {
         let now = self.clock.now();
-        !self.banned_ips.holds(&unmap(ip), now)
+        !self.banned_ips.holds(&client.ip(), now)
             && user.is_none_or(|u| !self.banned_users.holds(&u.to_ascii_lowercase(), now))
     }
 
-    /// Counts a failed AUTH; returns false when `ip` or `user` is now over
-    /// its rate (and refused AUTH until the rate allows again).
-    pub fn auth_failed(&self, ip: IpAddr, user: Option<&str>) -> bool {
-        let ip = unmap(ip);
+    /// Counts a failed AUTH; returns false when `client` or `user` is now
+    /// over its rate (and refused AUTH until the rate allows again).
+    pub fn auth_failed(&self, client: ClientAddr, user: Option<&str>) -> bool {
+        let ip = client.ip();
         let mut ok = true;
         if let Some(l) = &self.auth_ip
             && let Err(not_until) = l.check_key(&ip)
@@ -188,6 +182,11 @@ mod tests {
         })
     }
 
+    /// A client at `ip` (any port: the limits are per address).
+    fn client(ip: &str) -> ClientAddr {
+        ClientAddr::new(std::net::SocketAddr::new(ip.parse().unwrap(), 4321))
+    }
+
     fn protect(cfg: ProtectConfig) -> (Protect<FakeRelativeClock>, FakeRelativeClock) {
         let clock = FakeRelativeClock::default();
         (Protect::with_clock(&cfg, clock.clone()), clock)
@@ -199,13 +198,12 @@ mod tests {
             connections_per_ip: rate(3, 60),
             ..ProtectConfig::default()
         });
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let (a, b) = (client("192.0.2.1"), client("192.0.2.2"));
         assert!((0..3).all(|_| p.allow_connection(a)));
         assert!(!p.allow_connection(a), "burst of 3 used up");
         assert!(p.allow_connection(b), "another address is not affected");
         assert!(
-            !p.allow_connection("::ffff:192.0.2.1".parse().unwrap()),
+            !p.allow_connection(client("::ffff:192.0.2.1")),
             "v4-mapped is the same address"
         );
         clock.advance(Duration::from_secs(20));
@@ -220,7 +218,7 @@ mod tests {
             auth_failures_per_user: rate(5, 600),
             ..ProtectConfig::default()
         });
-        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let ip = client("198.51.100.9");
         for _ in 0..3 {
             assert!(p.allow_auth(ip, Some("alice")));
             assert!(p.auth_failed(ip, Some("alice")));
@@ -234,12 +232,12 @@ mod tests {
         );
         // Distributed guessing against one user: the per-user rate catches it.
         for i in 0..5 {
-            let other: IpAddr = format!("203.0.113.{i}").parse().unwrap();
+            let other = client(&format!("203.0.113.{i}"));
             let _ = p.auth_failed(other, Some("Bob"));
         }
-        assert!(!p.auth_failed("203.0.113.99".parse().unwrap(), Some("bob")));
-        assert!(!p.allow_auth("203.0.113.100".parse().unwrap(), Some("BOB")));
-        assert!(p.allow_auth("203.0.113.100".parse().unwrap(), Some("carol")));
+        assert!(!p.auth_failed(client("203.0.113.99"), Some("bob")));
+        assert!(!p.allow_auth(client("203.0.113.100"), Some("BOB")));
+        assert!(p.allow_auth(client("203.0.113.100"), Some("carol")));
     }
 
     #[test]

@@ -1,32 +1,33 @@
-//! Listeners and the accept loop: session limits, the inbound PROXY header
-//! from trusted peers, implicit TLS, dialling the upstream, then the driver.
-//! Also reload (SIGHUP: new settings for new sessions, live ones untouched)
-//! and drain (SIGTERM: stop accepting, let sessions finish, then close them).
+//! Running mailbrake: the listeners and what their sessions share, reload
+//! (SIGHUP: new settings for new sessions, live ones untouched) and drain
+//! (SIGTERM: stop accepting, let sessions finish, then close them).
+//!
+//! - `server/accept.rs`: each session thread's accept loop: connection rate
+//!   and session limits, session ids, backing off while accepts fail.
+//! - `server/connection.rs`: one accepted connection: the inbound PROXY
+//!   header from trusted peers, who the client is ([`crate::identity`]),
+//!   implicit TLS, dialling the upstream, then the driver.
+
+mod accept;
+mod connection;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
-use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTarget, UpstreamTls};
-use crate::driver::{self, DriverEnv};
-use crate::leg::Leg;
-use crate::limits::enforce::Enforcer;
+use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTls};
+use crate::identity::Resolver;
 use crate::limits::shared::FleetLink;
-use crate::limits::vhosts::Vhosts;
 use crate::limits::{Limiter, Policy, SystemClock};
 use crate::metrics as m;
 use crate::protect::Protect;
-use crate::proxy_protocol::{self, Inbound};
-use crate::session::{Failure, Session, SessionConfig};
-use crate::upstream::{self, ClientAddr, DialledAddr};
+use crate::session::SessionConfig;
 
 /// Everything a listener needs for one session, rebuilt on reload.
 pub struct ListenerRuntime {
@@ -39,7 +40,8 @@ pub struct ListenerRuntime {
     pub connect_timeout: std::time::Duration,
     /// Every listener's bind address, for loop detection.
     pub binds: Arc<Vec<SocketAddr>>,
-    pub vhosts: Arc<Vhosts>,
+    /// How this listener's clients are recognised.
+    pub identity: Resolver,
     /// Sessions in progress (kept across reloads, read by the metrics).
     pub active: Arc<AtomicI64>,
     pub metrics: Arc<m::ListenerMetrics>,
@@ -80,7 +82,7 @@ impl ListenerRuntime {
             tls_handshake: config.timeouts.tls_handshake,
             connect_timeout: config.timeouts.connect,
             binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
-            vhosts: Arc::new(Vhosts::new(&config.vhosts)),
+            identity: Resolver::new(l, &config.vhosts),
             active: Arc::new(AtomicI64::new(0)),
             metrics: Arc::new(m::ListenerMetrics::new(&l.name)),
         })
@@ -228,7 +230,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
             );
             thread.spawn(async move {
                 match TcpListener::from_std(socket) {
-                    Ok(l) => accept_loop(l, rx, accepting, stop, tracker, services).await,
+                    Ok(l) => accept::accept_loop(l, rx, accepting, stop, tracker, services).await,
                     Err(e) => {
                         tracing::error!(listener = %name, "cannot accept on a session thread: {e}")
                     }
@@ -409,7 +411,6 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Result<Config, String>
     tracing::info!(path = %path.display(), "configuration reloaded");
     Ok(config)
 }
-
 /// What every session shares, whichever listener accepted it.
 struct Services {
     limiter: Arc<Limiter>,
@@ -422,353 +423,4 @@ type Shared<T> = Arc<std::sync::RwLock<Arc<T>>>;
 
 fn current<T>(shared: &Shared<T>) -> Arc<T> {
     shared.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
-
-/// A short session id, unique in this process and across restarts in practice.
-fn session_id() -> String {
-    let n = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-    let boot = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() & 0xffff)
-        .unwrap_or(0);
-    format!("{boot:04x}{n:06x}")
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    rx: watch::Receiver<Arc<ListenerRuntime>>,
-    accepting: CancellationToken,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    services: Arc<Services>,
-) {
-    // This thread's own node of the token: its sessions wait on it without
-    // contending with other threads' sessions for the shared one's lock.
-    let stop = stop.child_token();
-    // While out of descriptors every accept fails: say so once a second.
-    let mut failing_since: Option<(std::time::Instant, u64)> = None;
-    loop {
-        let accepted = tokio::select! {
-            biased; // after SIGTERM, accept nothing more
-            _ = accepting.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => {
-                if let Some((_, failures)) = failing_since.take() {
-                    tracing::info!(failures, "accepting again");
-                }
-                a
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin. The
-                // connection waits in the backlog until a session ends.
-                let now = std::time::Instant::now();
-                match &mut failing_since {
-                    Some((last, failures)) if now.duration_since(*last).as_secs() < 1 => {
-                        *failures += 1;
-                    }
-                    _ => {
-                        let failures = failing_since.map_or(1, |(_, n)| n + 1);
-                        tracing::error!(error = %e, failures, "accept failed; retrying every 50 ms");
-                        failing_since = Some((now, failures));
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let rt = rx.borrow().clone();
-        let protect = current(&services.protect);
-        if !protect.allow_connection(peer.ip()) {
-            rt.metrics.refused_connection_rate.increment(1);
-            let host = rt.session.hostname.clone();
-            let span = tracing::error_span!("session", listener = %rt.cfg.name, client = %peer);
-            tokio::spawn(
-                async move { refuse(stream, &Failure::ConnectionRate, &host).await }
-                    .instrument(span),
-            );
-            continue;
-        }
-        let permit = rt.sessions.clone().try_acquire_owned().ok();
-        if permit.is_none() {
-            rt.metrics.refused_max_sessions.increment(1);
-        } else {
-            rt.metrics.accepted.increment(1);
-        }
-        // At the highest level so that it is never filtered out: a warning
-        // logged with MAILBRAKE_LOG=warn still names its session and client.
-        let span = tracing::error_span!(
-            "session",
-            id = %session_id(),
-            listener = %rt.cfg.name,
-            client = %peer,
-            sender = tracing::field::Empty,
-            tls = tracing::field::Empty
-        );
-        let (limiter, fleet) = (services.limiter.clone(), services.fleet.clone());
-        let env = DriverEnv {
-            server_tls: rt.server_tls.clone(),
-            upstream_tls: None,
-            tls_handshake: rt.tls_handshake,
-            write_timeout: rt.session.timeouts.client_command,
-            stop: stop.clone(),
-            metrics: rt.metrics.clone(),
-        };
-        tracker.spawn(
-            async move {
-                let _permit = match permit {
-                    Some(p) => p,
-                    None => {
-                        let max = rt.cfg.max_sessions.get();
-                        refuse(stream, &Failure::TooManySessions(max), &rt.session.hostname).await;
-                        return;
-                    }
-                };
-                let started = tokio::time::Instant::now();
-                let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
-                active.fetch_add(1, Ordering::Relaxed);
-                serve(stream, peer, rt, env, limiter, protect, fleet).await;
-                active.fetch_sub(1, Ordering::Relaxed);
-                metrics
-                    .session_seconds
-                    .record(started.elapsed().as_secs_f64());
-            }
-            .instrument(span),
-        );
-    }
-}
-
-/// Writes a failure's reply and closes.
-async fn refuse(mut stream: TcpStream, failure: &Failure, host: &str) {
-    tracing::warn!(fault = %failure.fault(), "{failure}");
-    if let Some(reply) = failure.reply(host) {
-        let _ = stream.write_all(&reply).await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-/// Reads a PROXY header from a trusted peer. Returns the client it names and
-/// any bytes read past the header (there should be none: the client waits
-/// for the greeting).
-async fn read_proxy_header(
-    stream: &mut TcpStream,
-    limit: std::time::Duration,
-) -> Result<(Option<SocketAddr>, Option<SocketAddr>), String> {
-    let mut buf = Vec::with_capacity(256);
-    let read = async {
-        loop {
-            match proxy_protocol::parse_inbound(&buf) {
-                Ok(Inbound::Incomplete) => {}
-                Ok(Inbound::Proxied {
-                    source,
-                    destination,
-                    consumed,
-                }) => return Ok((Some(source), Some(destination), consumed)),
-                Ok(Inbound::Local { consumed }) => return Ok((None, None, consumed)),
-                Err(e) => return Err(format!("bad PROXY header from a trusted peer: {e}")),
-            }
-            let mut byte = [0u8; 1];
-            // One byte at a time: nothing after the header may be consumed.
-            match stream.read(&mut byte).await {
-                Ok(0) => return Err("closed before the PROXY header ended".into()),
-                Ok(_) => buf.push(byte[0]),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    };
-    match tokio::time::timeout(limit, read).await {
-        Ok(Ok((src, dst, consumed))) => {
-            debug_assert_eq!(consumed, buf.len());
-            Ok((src, dst))
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no PROXY header within {limit:?}")),
-    }
-}
-
-/// One accepted connection, from first byte to close.
-async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    rt: Arc<ListenerRuntime>,
-    mut env: DriverEnv,
-    limiter: Arc<Limiter>,
-    protect: Arc<Protect>,
-    fleet: Option<Arc<FleetLink>>,
-) {
-    let started = tokio::time::Instant::now();
-    let _ = stream.set_nodelay(true);
-    let local = match stream.local_addr() {
-        Ok(a) => a,
-        Err(_) => return,
-    };
-    let mut client = ClientAddr(crate::orig_dst::normalize(peer));
-    let mut dialled = DialledAddr(local);
-    let mut proxied = false;
-    if proxy_protocol::is_trusted(peer.ip(), &rt.cfg.proxy_protocol_trusted) {
-        match read_proxy_header(&mut stream, rt.tls_handshake).await {
-            Ok((src, dst)) => {
-                if let Some(src) = src {
-                    client = ClientAddr(src);
-                    proxied = true;
-                    tracing::info!(proxied_client = %src, "PROXY header accepted");
-                }
-                if let Some(dst) = dst {
-                    dialled = DialledAddr(dst);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("{e}");
-                return;
-            }
-        }
-    }
-    let dest = match upstream::destination(&rt.cfg.upstream, &stream, peer) {
-        Ok(d) => d,
-        Err(f) => {
-            rt.metrics.upstream_unreachable.increment(1);
-            return refuse(stream, &f, &rt.session.hostname).await;
-        }
-    };
-    if let upstream::Destination::Addr(a) = &dest
-        && rt.cfg.upstream == UpstreamTarget::OriginalDestination
-    {
-        dialled = DialledAddr(*a);
-    }
-
-    let transparent = rt.cfg.upstream == UpstreamTarget::OriginalDestination;
-    let owner = if !proxied && (transparent || rt.vhosts.by_uid()) {
-        socket_owner(client, dialled)
-    } else {
-        None
-    };
-    if transparent && owner == Some(nix::unistd::getuid().as_raw()) {
-        // mailbrake's own outgoing connection came back through the REDIRECT.
-        let f = Failure::UpstreamLoop(format!(
-            "a connection from mailbrake's own user (uid {}) was redirected to it; \
-             exclude that user from the REDIRECT rule (config/iptables.sh)",
-            owner.unwrap_or_default()
-        ));
-        rt.metrics.upstream_loop.increment(1);
-        return refuse(stream, &f, &rt.session.hostname).await;
-    }
-    let vhost = rt.vhosts.find(client.0.ip(), owner).map(str::to_owned);
-    if owner.is_some() || vhost.is_some() {
-        tracing::debug!(?owner, ?vhost, "sender lookup");
-    }
-    let mut policy = Enforcer::new(limiter, protect, client.0.ip(), vhost, fleet);
-
-    let mut client_leg = Leg::Plain(stream);
-    if rt.cfg.tls == ClientTls::Implicit {
-        let Some(cfg) = rt.server_tls.clone() else {
-            return;
-        };
-        if let Err(e) = driver::secure_client(&mut client_leg, cfg, rt.tls_handshake).await {
-            return tracing::info!(error = %e, "client TLS handshake failed");
-        }
-    }
-    tracing::info!(upstream = %dest, client = %client.0, "session start");
-
-    let host = rt.session.hostname.clone();
-    let tls_name = match &rt.client_tls {
-        None => None,
-        Some(cfg) => {
-            let name = rt
-                .cfg
-                .upstream_tls_name
-                .clone()
-                .unwrap_or_else(|| match &dest {
-                    upstream::Destination::Host { host, .. } => host.clone(),
-                    upstream::Destination::Addr(a) => a.ip().to_string(),
-                });
-            match crate::tls::server_name(&name) {
-                Ok(n) => Some((cfg.clone(), n)),
-                Err(e) => {
-                    let f = Failure::UpstreamTls(e.to_string());
-                    return finish_early(client_leg, &f, &host, &rt.metrics).await;
-                }
-            }
-        }
-    };
-    env.upstream_tls = tls_name;
-
-    let dialling = tokio::time::Instant::now();
-    let mut up = match upstream::connect(&dest, local, &rt.binds, rt.connect_timeout).await {
-        Ok(s) => s,
-        Err(f) => return finish_early(client_leg, &f, &host, &rt.metrics).await,
-    };
-    rt.metrics
-        .connect_seconds
-        .record(dialling.elapsed().as_secs_f64());
-    if let Some(version) = rt.cfg.upstream_proxy_protocol
-        && let Err(f) = upstream::send_proxy_header(&mut up, version, client, dialled).await
-    {
-        return finish_early(client_leg, &f, &host, &rt.metrics).await;
-    }
-    let mut up_leg = Leg::Plain(up);
-    if rt.cfg.upstream_tls == UpstreamTls::Implicit {
-        let Some((cfg, name)) = env.upstream_tls.clone() else {
-            return;
-        };
-        if let Err(e) = driver::secure_upstream(&mut up_leg, cfg, name, rt.tls_handshake).await {
-            let f = Failure::UpstreamTls(e);
-            return finish_early(client_leg, &f, &host, &rt.metrics).await;
-        }
-    }
-    let now = tokio::time::Instant::now().into_std();
-    let mut session = Session::new(
-        rt.session.clone(),
-        client.0,
-        client_leg.is_tls(),
-        up_leg.is_tls(),
-        now,
-    );
-    driver::drive(
-        &mut session,
-        &mut client_leg,
-        &mut up_leg,
-        &mut policy,
-        &env,
-    )
-    .await;
-    tracing::info!(
-        duration_ms = started.elapsed().as_millis() as u64,
-        user = %session.user().map_or("", |u| u.as_str()),
-        "session end"
-    );
-}
-
-/// The Unix user owning the client's end of a local connection.
-fn socket_owner(client: ClientAddr, dialled: DialledAddr) -> Option<u32> {
-    match crate::owner::socket_owner(client.0, dialled.0) {
-        Ok(uid) => Some(uid),
-        Err(e) => {
-            tracing::debug!(error = %e, "no local owner for this connection");
-            None
-        }
-    }
-}
-
-/// The upstream could not be reached: tell the client and close.
-async fn finish_early(
-    mut client: Leg<TcpStream>,
-    failure: &Failure,
-    host: &str,
-    metrics: &m::ListenerMetrics,
-) {
-    tracing::warn!(fault = %failure.fault(), "{failure}");
-    match failure {
-        Failure::UpstreamLoop(_) => metrics.upstream_loop.increment(1),
-        Failure::UpstreamTls(_) | Failure::UpstreamNoStartTls => metrics.upstream_tls.increment(1),
-        Failure::OutOfFiles(_) => metrics.refused_out_of_files.increment(1),
-        _ => metrics.upstream_unreachable.increment(1),
-    }
-    if let Some(reply) = failure.reply(host) {
-        let _ = client.write_all(&reply).await;
-        let _ = client.flush().await;
-    }
-    let _ = client.shutdown().await;
 }

@@ -9,18 +9,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::{ProxyVersion, UpstreamTarget};
+use crate::identity::{ClientAddr, DialledAddr, normalize};
 use crate::orig_dst;
 use crate::session::Failure;
-
-/// The client as the upstream should see it: the TCP peer, or the address a
-/// trusted PROXY header gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// The address the client reached: mailbrake's local address, or the
-/// original destination before a REDIRECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DialledAddr(pub SocketAddr);
 
 /// Where this session's upstream is, before connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +41,7 @@ pub fn destination(
             port: *port,
         }),
         UpstreamTarget::OriginalDestination => orig_dst::original_destination(socket, peer)
-            .map(|a| Destination::Addr(orig_dst::normalize(a)))
+            .map(|a| Destination::Addr(normalize(a)))
             .map_err(|e| {
                 Failure::UpstreamUnreachable(format!(
                     "no original destination ({e}); is the REDIRECT rule in place?"
@@ -62,13 +53,13 @@ pub fn destination(
 /// Whether dialling `target` would reach mailbrake itself: the address the
 /// client reached, or any listener's bind address.
 pub fn is_loop(target: SocketAddr, local: SocketAddr, binds: &[SocketAddr]) -> bool {
-    let target = orig_dst::normalize(target);
-    let local = orig_dst::normalize(local);
+    let target = normalize(target);
+    let local = normalize(local);
     if target == local {
         return true;
     }
     binds.iter().any(|b| {
-        let b = orig_dst::normalize(*b);
+        let b = normalize(*b);
         b.port() == target.port()
             && (b.ip() == target.ip()
                 || (b.ip().is_unspecified()
@@ -137,7 +128,7 @@ pub async fn send_proxy_header(
     client: ClientAddr,
     dialled: DialledAddr,
 ) -> Result<(), Failure> {
-    let header = crate::proxy_protocol::encode(version, client.0, dialled.0);
+    let header = crate::proxy_protocol::encode(version, client.addr(), dialled.0);
     stream
         .write_all(&header)
         .await

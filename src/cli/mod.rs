@@ -308,7 +308,7 @@ fn check_listener(addr: SocketAddr, state_dir: &Path, url: &str) -> Result<(), C
         .map_err(|e| unreachable(e.to_string()))?;
     let local = probe.local_addr().map_err(|e| unreachable(e.to_string()))?;
     // The server's end of this connection: its local address is the port.
-    let uid = crate::owner::socket_owner(addr, local)
+    let uid = crate::identity::owner::socket_owner(addr, local)
         .map_err(|e| unreachable(format!("cannot tell who holds {addr}: {e}")))?;
     let mailbrake = std::fs::metadata(state_dir).ok().map(|m| m.uid());
     let me = nix::unistd::geteuid().as_raw();

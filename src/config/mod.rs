@@ -18,6 +18,7 @@ mod types;
 mod validate;
 mod validate_limits;
 mod validate_listeners;
+mod validate_vhosts;
 
 use std::path::{Path, PathBuf};
 

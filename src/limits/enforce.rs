@@ -13,22 +13,22 @@
 //! for until the ledger holds it, the reservation is owned by a guard that
 //! releases it if dropped. A local decision holds nothing across an await.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::Limiter;
 use super::decide::{Decided, Refused};
 use super::engine::{Decision, Lock, LockReason, Refusal};
 use super::fleet::FleetDecision;
-use super::key::{Identity, SenderKey};
+use super::key::SenderKey;
 use super::ledger::{Held, Ledger, Remote};
 use super::shared::{FleetLimits, FleetLink};
 use super::window::Full;
 use crate::config::LimitAction;
 use crate::driver::{Pending, SessionPolicy};
+use crate::identity::Identity;
 use crate::metrics as m;
 use crate::protect::Protect;
-use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict, replies};
+use crate::session::{Mechanism, RcptCheck, TxEvent, Username, Verdict};
 use metrics::counter;
 
 #[cfg(test)]
@@ -40,56 +40,51 @@ pub struct Enforcer {
     protect: Arc<Protect>,
     ledger: Ledger,
     identity: Identity,
-    last_key: Option<SenderKey>,
+    /// The key last noted in the session's span.
+    last_key: SenderKey,
     /// Set in fleet mode: limits are decided in the fleet's Redis.
     fleet: Option<Arc<dyn FleetLimits>>,
 }
 
 impl Enforcer {
-    /// `vhost` as matched at connect (network or socket owner); `ip` the client.
+    /// `identity` as [`crate::identity`] recognised the connection.
     pub fn new(
         limiter: Arc<Limiter>,
         protect: Arc<Protect>,
-        ip: IpAddr,
-        vhost: Option<String>,
+        identity: Identity,
         fleet: Option<Arc<FleetLink>>,
     ) -> Self {
-        let mut enforcer = Enforcer {
+        let policy = limiter.policy();
+        let key = identity.key(&policy.identity, policy.ipv6_prefix);
+        // The session's first key, in the span's `sender` field once.
+        tracing::Span::current().record("sender", tracing::field::display(&key));
+        Enforcer {
             fleet: fleet.map(|f| Arc::new(f) as Arc<dyn FleetLimits>),
             ledger: Ledger::new(limiter.clone()),
             limiter,
             protect,
-            identity: Identity {
-                user: None,
-                vhost,
-                ip: Some(ip),
-            },
-            last_key: None,
-        };
-        // The session's first key, in the span's `sender` field once.
-        enforcer.last_key = enforcer.key();
-        if let Some(key) = &enforcer.last_key {
-            tracing::Span::current().record("sender", tracing::field::display(key));
+            identity,
+            last_key: key,
         }
-        enforcer
     }
 
     /// The key the session would be counted under now.
-    pub fn key(&self) -> Option<SenderKey> {
+    pub fn key(&self) -> SenderKey {
         let p = self.limiter.policy();
         self.identity.key(&p.identity, p.ipv6_prefix)
     }
 
     /// The key for this RCPT (the identity may have changed: AUTH), noted in
     /// the span when it changed.
-    fn key_for(&mut self, check: &RcptCheck) -> Option<SenderKey> {
-        self.identity.user = check.user.as_ref().map(|u| u.as_str().to_owned());
-        let key = self.key()?;
-        if self.last_key.as_ref() != Some(&key) {
+    fn key_for(&mut self, check: &RcptCheck) -> SenderKey {
+        self.identity
+            .set_user(check.user.as_ref().map(Username::as_str));
+        let key = self.key();
+        if self.last_key != key {
             tracing::Span::current().record("sender", tracing::field::display(&key));
-            self.last_key = Some(key.clone());
+            self.last_key = key.clone();
         }
-        Some(key)
+        key
     }
 
     /// The limits decided by `fleet` from now on, instead of this
@@ -104,7 +99,10 @@ impl Enforcer {
         let mail_from = check
             .first_in_transaction
             .then_some(check.mail_from.as_str());
-        match self.limiter.check(key, self.identity.ip, mail_from) {
+        match self
+            .limiter
+            .check(key, Some(self.identity.client.ip()), mail_from)
+        {
             Decision::Accept(r) => self.paced(key, Held::Local(r)),
             Decision::Observed(r, refusal) => Decided::Observed(Held::Local(r), refusal),
             Decision::Refuse(refusal) => Decided::Refused(Refused::Limit(refusal)),
@@ -117,7 +115,7 @@ impl Enforcer {
     async fn decide_fleet(&mut self, key: &SenderKey, fleet: Arc<dyn FleetLimits>) -> Decided {
         let policy = self.limiter.policy();
         let observe = policy.action == LimitAction::Observe;
-        let (rates, _) = policy.limit(key, self.identity.ip);
+        let (rates, _) = policy.limit(key, Some(self.identity.client.ip()));
         if rates.is_empty() {
             return Decided::Accepted(Held::Uncounted(key.clone()));
         }
@@ -224,9 +222,7 @@ impl SessionPolicy for Enforcer {
     /// waits for Redis (see [`Asked`]).
     fn check_rcpt<'a>(&'a mut self, check: &'a RcptCheck) -> Pending<'a, Verdict> {
         Box::pin(async move {
-            let Some(key) = self.key_for(check) else {
-                return no_key();
-            };
+            let key = self.key_for(check);
             // While the limits cannot be saved, every recipient is deferred,
             // whatever its limit and in every mode: each one sent adds to the
             // changes held in memory, which must stop growing. Nothing is
@@ -243,8 +239,8 @@ impl SessionPolicy for Enforcer {
     }
 
     fn check_auth(&mut self, user: Option<&Username>) -> bool {
-        let ip = self.identity.ip.expect("set at creation");
-        let allowed = self.protect.allow_auth(ip, user.map(Username::as_str));
+        let client = self.identity.client;
+        let allowed = self.protect.allow_auth(client, user.map(Username::as_str));
         if !allowed {
             tracing::warn!(user = %user.map_or("?", Username::as_str), "AUTH refused: too many failures");
             counter!(m::AUTH_ATTEMPTS, "mechanism" => "other", "result" => "blocked").increment(1);
@@ -257,8 +253,8 @@ impl SessionPolicy for Enforcer {
         counter!(m::AUTH_ATTEMPTS, "mechanism" => mechanism.name(), "result" => result)
             .increment(1);
         if !ok {
-            let ip = self.identity.ip.expect("set at creation");
-            if !self.protect.auth_failed(ip, user.map(Username::as_str)) {
+            let client = self.identity.client;
+            if !self.protect.auth_failed(client, user.map(Username::as_str)) {
                 tracing::warn!(user = %user.map_or("?", Username::as_str), "too many failed AUTH: further attempts refused for a while");
             }
         }
@@ -272,11 +268,4 @@ impl SessionPolicy for Enforcer {
             TxEvent::Reset => self.ledger.reset(),
         }
     }
-}
-
-/// A session always has an address, so always a key; were it ever without
-/// one, nothing would count its recipients, so none is accepted.
-fn no_key() -> Verdict {
-    tracing::error!("no sender key for this session; recipient deferred");
-    Verdict::Refuse(replies::LIMITS_UNAVAILABLE.into())
 }

@@ -1,5 +1,7 @@
 //! Sender keys: who is sending, as one typed value written in every log line
-//! and refusal (`auth:alice@example.com`, `vhost:shop-42`, `ip:192.0.2.7`).
+//! and refusal (`auth:alice@example.com`, `vhost:shop-42`, `ip:192.0.2.7`),
+//! the key type of the limits. Which key a session has is decided in
+//! [`crate::identity`].
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,7 +9,9 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::config::IdentitySource;
+#[cfg(doc)]
+use crate::identity::ClientAddr;
+use crate::identity::normalize_ip;
 
 /// The class of a sender key (for metrics labels and ordering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,13 +55,10 @@ impl SenderKey {
         }
     }
 
-    /// An address key; IPv6 is grouped by `v6_prefix` (IPv4-mapped
-    /// addresses count as IPv4).
+    /// An address key; IPv6 is grouped by `v6_prefix`. `addr` is normal
+    /// (a [`ClientAddr`]'s, or [`normalize_ip`]d): an IPv4-mapped address
+    /// would not be its IPv4 client's key.
     pub fn ip(addr: IpAddr, v6_prefix: u8) -> Self {
-        let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-            v4 => v4,
-        };
         let name = match addr {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) if v6_prefix >= 128 => v6.to_string(),
@@ -82,7 +83,7 @@ impl SenderKey {
             "vhost" => Some(SenderKey::vhost(name)),
             // Written as the engine writes it, whatever the spelling.
             "ip" => match (name.parse::<IpAddr>(), name.parse::<IpNet>()) {
-                (Ok(addr), _) => Some(SenderKey::ip(addr, 128)),
+                (Ok(addr), _) => Some(SenderKey::ip(normalize_ip(addr), 128)),
                 (_, Ok(net)) => Some(SenderKey {
                     class: KeyClass::Ip,
                     name: net.trunc().to_string().into(),
@@ -108,39 +109,9 @@ impl fmt::Display for SenderKey {
     }
 }
 
-/// What is known of a session's sender, to pick its key.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    /// The AUTH username the upstream accepted.
-    pub user: Option<String>,
-    /// The vhost matched by source network or socket owner.
-    pub vhost: Option<String>,
-    /// The client address (after a trusted PROXY header).
-    pub ip: Option<IpAddr>,
-}
-
-impl Identity {
-    /// The key, by the first source in `order` that is known; the IP key when
-    /// none is (every session has an address).
-    pub fn key(&self, order: &[IdentitySource], v6_prefix: u8) -> Option<SenderKey> {
-        for source in order {
-            let key = match source {
-                IdentitySource::Auth => self.user.as_deref().map(SenderKey::auth),
-                IdentitySource::Vhost => self.vhost.as_deref().map(SenderKey::vhost),
-                IdentitySource::Ip => self.ip.map(|ip| SenderKey::ip(ip, v6_prefix)),
-            };
-            if key.is_some() {
-                return key;
-            }
-        }
-        self.ip.map(|ip| SenderKey::ip(ip, v6_prefix))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use IdentitySource::*;
 
     #[test]
     fn keys_print_and_parse() {
@@ -152,10 +123,6 @@ mod tests {
             (SenderKey::vhost("shop-42"), "vhost:shop-42"),
             (
                 SenderKey::ip("192.0.2.7".parse().unwrap(), 64),
-                "ip:192.0.2.7",
-            ),
-            (
-                SenderKey::ip("::ffff:192.0.2.7".parse().unwrap(), 64),
                 "ip:192.0.2.7",
             ),
             (
@@ -182,31 +149,10 @@ mod tests {
             SenderKey::parse("ip:2001:db8::/64")
         );
         assert_eq!(SenderKey::parse("auth:"), None);
-    }
-
-    #[test]
-    fn identity_order() {
-        let id = Identity {
-            user: Some("alice".into()),
-            vhost: Some("shop".into()),
-            ip: Some("192.0.2.7".parse().unwrap()),
-        };
-        let cases: [(&[IdentitySource], &str); 4] = [
-            (&[Auth, Vhost, Ip], "auth:alice"),
-            (&[Vhost, Auth, Ip], "vhost:shop"),
-            (&[Ip], "ip:192.0.2.7"),
-            (&[Auth], "auth:alice"),
-        ];
-        for (order, expected) in cases {
-            assert_eq!(id.key(order, 64).unwrap().to_string(), expected);
-        }
-        let anonymous = Identity {
-            ip: Some("192.0.2.7".parse().unwrap()),
-            ..Identity::default()
-        };
+        // As an IPv4 client's key, whatever the spelling.
         assert_eq!(
-            anonymous.key(&[Auth, Vhost], 64).unwrap().to_string(),
-            "ip:192.0.2.7"
+            SenderKey::parse("ip:::ffff:192.0.2.7"),
+            SenderKey::parse("ip:192.0.2.7")
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Recipient limits per sender.
 //!
-//! - [`key`]: who is sending (`auth:`, `vhost:`, `ip:`), and the order in which
-//!   a session's identity picks its key.
+//! - [`key`]: the sender key (`auth:`, `vhost:`, `ip:`) limits count under;
+//!   which key a session has is [`crate::identity`]'s to say.
 //! - [`window`]: one key's exact sliding window: send times and reservations.
 //! - [`policy`]: `[limits]` indexed for lookups: which limit applies and why.
 //! - [`engine`]: per-key windows, rotation, locks; pure, clock-injected.
@@ -34,7 +34,6 @@ pub mod operate;
 pub mod policy;
 pub mod shared;
 pub mod store;
-pub mod vhosts;
 pub mod window;
 
 #[cfg(test)]
@@ -47,7 +46,7 @@ use std::sync::{Arc, Mutex};
 
 pub use engine::{Decision, Engine, HotSender, Lock, LockReason, Refusal, Reservation, Status};
 pub use journal::{Event, Time};
-pub use key::{Identity, KeyClass, SenderKey};
+pub use key::{KeyClass, SenderKey};
 pub use policy::Policy;
 
 /// The clock seam of the limits: unix seconds.

@@ -147,7 +147,9 @@ impl Policy {
         self
     }
 
-    /// The limit for `key` sending from `client`, and where it comes from.
+    /// The limit for `key` sending from `client` (a
+    /// [`ClientAddr`](crate::identity::ClientAddr)'s address, so never
+    /// IPv4-mapped), and where it comes from.
     /// An operator's run-time override wins over the file's overrides, which
     /// win over exemptions, which win over the default.
     pub fn limit(&self, key: &SenderKey, client: Option<IpAddr>) -> (&[Rate], Source) {
@@ -177,13 +179,8 @@ impl Policy {
             KeyClass::Auth => self.exempt_users.contains(key),
             KeyClass::Vhost => self.exempt_vhosts.contains(key),
             KeyClass::Ip => false,
-        } || client.is_some_and(|ip| {
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                v4 => v4,
-            };
-            self.exempt_networks.iter().any(|n| n.contains(&ip))
-        });
+        } || client
+            .is_some_and(|ip| self.exempt_networks.iter().any(|n| n.contains(&ip)));
         if exempt {
             return (&[], Source::Exempt);
         }
@@ -312,7 +309,9 @@ mod tests {
             ("ip:192.0.2.9", ip("192.0.2.9"), Source::Exempt, 0),
             (
                 "auth:alice@example.com",
-                ip("::ffff:192.0.2.9"),
+                Some(crate::identity::normalize_ip(
+                    "::ffff:192.0.2.9".parse().unwrap(),
+                )),
                 Source::Exempt,
                 0,
             ),

@@ -67,8 +67,9 @@ pub fn supported(ehlo_line_args: &str) -> XclientSupport {
 /// lists, in the order ADDR, PORT, NAME, HELO, LOGIN:
 /// `XCLIENT ADDR=192.0.2.1 PORT=4321 NAME=[UNAVAILABLE] HELO=client.example LOGIN=alice\r\n`.
 ///
-/// An IPv6 address is written `IPV6:2001:db8::1`, an IPv4-mapped one as plain
-/// IPv4. Values are xtext (RFC 3461 section 4).
+/// An IPv6 address is written `IPV6:2001:db8::1`; the address is the
+/// session's client, a [`ClientAddr`](crate::identity::ClientAddr)'s, so an
+/// IPv4 client is never IPv4-mapped here. Values are xtext (RFC 3461 section 4).
 ///
 /// Call it only when [`XclientSupport::any`] holds: otherwise the line is a bare
 /// `XCLIENT\r\n`, which Postfix refuses with a 501.
@@ -86,10 +87,7 @@ pub fn command(attrs: &XclientAttrs<'_>, support: &XclientSupport) -> Vec<u8> {
     };
     if support.addr {
         let addr = match attrs.addr {
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => v4.to_string(),
-                None => format!("IPV6:{v6}"),
-            },
+            IpAddr::V6(v6) => format!("IPV6:{v6}"),
             IpAddr::V4(v4) => v4.to_string(),
         };
         attr("ADDR", &addr);
@@ -198,7 +196,7 @@ mod tests {
             ),
             (
                 XclientAttrs {
-                    addr: "::ffff:192.0.2.1".parse().unwrap(),
+                    addr: crate::identity::normalize_ip("::ffff:192.0.2.1".parse().unwrap()),
                     ..v4
                 },
                 ALL,

@@ -14,6 +14,7 @@ use mailbrake::config::{
     ClientTls, LimitsConfig, ProtectConfig, SessionLimits, Timeouts, UpstreamTls,
 };
 use mailbrake::driver::SessionPolicy;
+use mailbrake::identity::{ClientAddr, Identity};
 use mailbrake::limits::enforce::Enforcer;
 use mailbrake::limits::{Clock, Limiter, Policy, SenderKey, Time};
 use mailbrake::protect::Protect;
@@ -83,8 +84,7 @@ impl Harness {
         let enforcer = Enforcer::new(
             limiter.clone(),
             Arc::new(Protect::new(&off)),
-            client.ip(),
-            None,
+            Identity::by_address(ClientAddr::new(client)),
             None,
         );
         let now = Instant::now();
@@ -196,7 +196,7 @@ impl Harness {
                 Action::CheckRcpt(check) => {
                     let verdict = ready(enforcer.check_rcpt(&check));
                     if verdict == Verdict::Accept {
-                        let key = enforcer.key().expect("a session always has a key");
+                        let key = enforcer.key();
                         self.verdicts.push((key, check.recipient.clone()));
                     }
                     queue.extend(self.session.on_rcpt_verdict(verdict, self.now));

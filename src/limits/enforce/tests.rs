@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{Limit, LimitsConfig, ProtectConfig, Rate};
+use crate::identity::ClientAddr;
 use crate::limits::shared::Unavailable;
 use crate::limits::tests::{limiter, rate};
 use crate::limits::{Event, Time};
@@ -50,9 +51,9 @@ fn paced() -> ProtectConfig {
 fn enforcer(cfg: LimitsConfig, protect: ProtectConfig) -> (Enforcer, Arc<Limiter>, Arc<AtomicU32>) {
     let (limiter, time) = limiter(cfg);
     let protect = Arc::new(Protect::new(&protect));
-    let ip: IpAddr = "192.0.2.7".parse().unwrap();
-    let e = Enforcer::new(limiter.clone(), protect, ip, None, None);
-    assert_eq!(e.key().unwrap().to_string(), KEY);
+    let client = ClientAddr::new("192.0.2.7:4321".parse().unwrap());
+    let e = Enforcer::new(limiter.clone(), protect, Identity::by_address(client), None);
+    assert_eq!(e.key().to_string(), KEY);
     (e, limiter, time)
 }
 

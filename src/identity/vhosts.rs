@@ -1,10 +1,10 @@
 //! `[[vhost]]`: hosting customers recognised by the client's network or by
-//! the Unix user owning the client's socket.
-
-use std::net::IpAddr;
+//! the Unix user owning the client's socket. The configuration validates
+//! the table; this indexes it for a lookup per connection.
 
 use ipnet::IpNet;
 
+use super::addr::ClientAddr;
 use crate::config::VhostConfig;
 
 /// The vhost table, indexed for a lookup per connection.
@@ -35,17 +35,13 @@ impl Vhosts {
     }
 
     /// The vhost of a client: by socket owner first (most precise), then by network.
-    pub fn find(&self, ip: IpAddr, uid: Option<u32>) -> Option<&str> {
+    pub fn find(&self, client: ClientAddr, uid: Option<u32>) -> Option<&str> {
         if let Some(name) = uid.and_then(|u| self.uids.get(&u)) {
             return Some(name);
         }
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
         self.networks
             .iter()
-            .find(|(n, _)| n.contains(&ip))
+            .find(|(n, _)| n.contains(&client.ip()))
             .map(|(_, name)| name.as_str())
     }
 }
@@ -68,7 +64,7 @@ mod tests {
                 uids: vec![1042],
             },
         ]);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ip = |s: &str| ClientAddr::new(std::net::SocketAddr::new(s.parse().unwrap(), 4321));
         assert_eq!(v.find(ip("192.0.2.42"), None), Some("shop-42"));
         assert_eq!(v.find(ip("::ffff:192.0.2.7"), None), Some("hosting"));
         assert_eq!(v.find(ip("127.0.0.1"), Some(1042)), Some("shop-42"));

@@ -1,0 +1,145 @@
+//! One session thread's accept loop: the connection rate and session
+//! limits (refused with a reply, never silently dropped), session ids, and a
+//! pause while accepts fail (out of descriptors) instead of a spin.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{ListenerRuntime, Services, connection, current};
+use crate::driver::DriverEnv;
+use crate::identity::ClientAddr;
+use crate::session::Failure;
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// A short session id, unique in this process and across restarts in practice.
+fn session_id() -> String {
+    let n = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() & 0xffff)
+        .unwrap_or(0);
+    format!("{boot:04x}{n:06x}")
+}
+/// Accepts on one session thread's socket of a listener until `accepting`
+/// is cancelled; each session runs on this thread.
+pub(super) async fn accept_loop(
+    listener: TcpListener,
+    rx: watch::Receiver<Arc<ListenerRuntime>>,
+    accepting: CancellationToken,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    services: Arc<Services>,
+) {
+    // This thread's own node of the token: its sessions wait on it without
+    // contending with other threads' sessions for the shared one's lock.
+    let stop = stop.child_token();
+    // While out of descriptors every accept fails: say so once a second.
+    let mut failing_since: Option<(std::time::Instant, u64)> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased; // after SIGTERM, accept nothing more
+            _ = accepting.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                if let Some((_, failures)) = failing_since.take() {
+                    tracing::info!(failures, "accepting again");
+                }
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin. The
+                // connection waits in the backlog until a session ends.
+                let now = std::time::Instant::now();
+                match &mut failing_since {
+                    Some((last, failures)) if now.duration_since(*last).as_secs() < 1 => {
+                        *failures += 1;
+                    }
+                    _ => {
+                        let failures = failing_since.map_or(1, |(_, n)| n + 1);
+                        tracing::error!(error = %e, failures, "accept failed; retrying every 50 ms");
+                        failing_since = Some((now, failures));
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let rt = rx.borrow().clone();
+        let protect = current(&services.protect);
+        if !protect.allow_connection(ClientAddr::new(peer)) {
+            rt.metrics.refused_connection_rate.increment(1);
+            let host = rt.session.hostname.clone();
+            let span = tracing::error_span!("session", listener = %rt.cfg.name, client = %peer);
+            tokio::spawn(
+                async move { refuse(stream, &Failure::ConnectionRate, &host).await }
+                    .instrument(span),
+            );
+            continue;
+        }
+        let permit = rt.sessions.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            rt.metrics.refused_max_sessions.increment(1);
+        } else {
+            rt.metrics.accepted.increment(1);
+        }
+        // At the highest level so that it is never filtered out: a warning
+        // logged with MAILBRAKE_LOG=warn still names its session and client.
+        let span = tracing::error_span!(
+            "session",
+            id = %session_id(),
+            listener = %rt.cfg.name,
+            client = %peer,
+            sender = tracing::field::Empty,
+            tls = tracing::field::Empty
+        );
+        let (limiter, fleet) = (services.limiter.clone(), services.fleet.clone());
+        let env = DriverEnv {
+            server_tls: rt.server_tls.clone(),
+            upstream_tls: None,
+            tls_handshake: rt.tls_handshake,
+            write_timeout: rt.session.timeouts.client_command,
+            stop: stop.clone(),
+            metrics: rt.metrics.clone(),
+        };
+        tracker.spawn(
+            async move {
+                let _permit = match permit {
+                    Some(p) => p,
+                    None => {
+                        let max = rt.cfg.max_sessions.get();
+                        refuse(stream, &Failure::TooManySessions(max), &rt.session.hostname).await;
+                        return;
+                    }
+                };
+                let started = tokio::time::Instant::now();
+                let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
+                active.fetch_add(1, Ordering::Relaxed);
+                connection::serve(stream, peer, rt, env, limiter, protect, fleet).await;
+                active.fetch_sub(1, Ordering::Relaxed);
+                metrics
+                    .session_seconds
+                    .record(started.elapsed().as_secs_f64());
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Writes a failure's reply and closes.
+pub(super) async fn refuse(mut stream: TcpStream, failure: &Failure, host: &str) {
+    tracing::warn!(fault = %failure.fault(), "{failure}");
+    if let Some(reply) = failure.reply(host) {
+        let _ = stream.write_all(&reply).await;
+    }
+    let _ = stream.shutdown().await;
+}
