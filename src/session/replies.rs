@@ -221,8 +221,8 @@ pub fn too_quickly(key: &dyn fmt::Display) -> String {
     format!("450 4.7.1 Too many recipients too quickly for {key}; slow down")
 }
 
-/// A recipient no limit can be decided for (the fleet's Redis unreachable
-/// with `redis_failure = "closed"`, or no sender key).
+/// A recipient no limit can be decided for: the fleet's Redis unreachable
+/// with `redis_failure = "closed"`.
 pub const LIMITS_UNAVAILABLE: &str =
     "451 4.3.0 Recipient limits are temporarily unavailable; try again later";
 
