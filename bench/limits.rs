@@ -20,6 +20,9 @@
 //! drained (and dropped) every 65,536 decisions on the deciding thread, as
 //! the state thread does every second.
 
+// Benchmarks time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};

@@ -8,6 +8,9 @@
 //! 10,000; as root, or with a hard open-file limit above twice that). Only
 //! loopback is used.
 
+// Benchmarks time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 

@@ -5,11 +5,12 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now;
 use crate::leg::Leg;
 use crate::metrics as m;
 use crate::session::{Action, Mechanism, RcptCheck, Session, TxEvent, Username, Verdict};
@@ -78,11 +79,6 @@ pub struct DriverEnv {
     pub stop: CancellationToken,
     /// The listener's metric handles.
     pub metrics: Arc<m::ListenerMetrics>,
-}
-
-/// The clock seam: the only clock read on a session's path.
-pub(crate) fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 /// Runs `session` until it closes.

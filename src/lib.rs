@@ -11,7 +11,10 @@
 //! - [`session`]: the SMTP dialogue as a pure state machine: client bytes,
 //!   upstream bytes, TLS and policy events in; bytes to send, TLS upgrades and
 //!   close requests out. No sockets, no clock reads.
-//! - [`driver`]: the thin async loop that feeds one session from its two sockets.
+//! - [`driver`]: the thin async loop that feeds one session from its two
+//!   sockets, its timer and the stop token, and asks its policy; a decision
+//!   that waits (the fleet's Redis) does not stop the rest.
+//! - [`clock`]: the only place the clock is read (`clippy.toml` enforces it).
 //! - [`leg`]: one side of a session, plain or TLS, upgradable in place.
 //! - [`identity`]: who a connection is, asked once per session: the client
 //!   address (IPv4-mapped unmapped once), the Unix user owning a local
@@ -33,16 +36,22 @@
 //! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`).
 //! - [`logbuf`]: log lines to stderr, gathered on session threads until they go idle.
 //! - [`limits`]: the sender key type and the recipient limits (engine,
-//!   policy, store, the session's enforcer).
+//!   policy, store, fleet, the session's enforcer). Every limit decision, the
+//!   engine's or the fleet's, is one type, and one function turns it into the
+//!   verdict, the reply, the log line and the metric (`limits::decide`).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
 //! - [`report`]: `mailbrake report`: peaks per sender from the hourly totals,
 //!   and the default limit they suggest. Pure.
 
 #![forbid(unsafe_code)]
+// Tests wait and time themselves on the real clock; the code under test reads
+// it only through `clock` (clippy.toml).
+#![cfg_attr(test, allow(clippy::disallowed_methods))]
 
 pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod driver;
 pub mod identity;

@@ -176,7 +176,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("state.dir {}: {e}", config.state.dir.display()))?,
         ),
         token: Arc::new(admin_token(&config)?),
-        started: std::time::Instant::now(),
+        started: crate::clock::now(),
         listeners: admin.active.clone(),
         binds: config
             .listeners

@@ -4,6 +4,9 @@
 //! bounded in time; none sleeps to synchronise except where time itself is
 //! what is tested (a timeout, the state flush interval).
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -2,6 +2,9 @@
 //! real redis-server started by the test; Redis stopped and restarted
 //! mid-test behaves as `redis_failure` says, and recovers by itself.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

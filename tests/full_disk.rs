@@ -7,6 +7,9 @@
 //! Needs root to mount (CI runs as root). Without it the tests fail loudly:
 //! they never pass by skipping.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::io::Write;

@@ -5,6 +5,9 @@
 //! locked; nobody else notices; the operator's alert fires on the real
 //! scrape.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -2,6 +2,9 @@
 //! client and the recording upstream, on 127.0.0.1. What the client is told,
 //! what reaches the upstream, what the log says, and what survives a restart.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -2,6 +2,9 @@
 //! deferrals, an AUTH failure, a lock), then a real scrape of `/metrics` on
 //! the `[admin] bind` address, with exact values.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,9 @@
 //! End to end, the operator's view: session limits, reload on SIGHUP, drain
 //! on SIGTERM, `check-config`, and timeouts on both legs.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -3,6 +3,9 @@
 //! overrides expire on their own; every change is in the audit trail; the
 //! token is enforced; the CLI speaks to the API with meaningful exit codes.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

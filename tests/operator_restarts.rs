@@ -9,6 +9,9 @@
 //! thread writes every second: the test polls the database, or Redis for
 //! a fleet's sends), kills mailbrake with SIGKILL and starts it again.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::net::SocketAddr;

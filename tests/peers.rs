@@ -14,6 +14,9 @@
 //! terminating `.\r\n`. The file is closed before the `250` to the final dot
 //! goes out, so once a client has its `250`, the dump is complete.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::fs::File;

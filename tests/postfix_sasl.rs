@@ -13,6 +13,9 @@
 //! the Debian packages postfix and dovecot-core, which `.ci/run` installs.
 //! Without them the test fails loudly; it is never skipped.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 mod common;
 
 use std::collections::BTreeMap;

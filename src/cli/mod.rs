@@ -236,9 +236,7 @@ impl Env {
 /// Runs one command against the admin API; prints its output or its error.
 pub fn run(command: Command) -> ExitCode {
     let env = Env::from_process();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_seconds();
     let outcome =
         connect(command.options(), &env).and_then(|client| execute(&command, &client, &env, now));
     match outcome {

@@ -8,13 +8,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_util::sync::WaitForCancellationFuture;
 
 use super::outbox::{Outbox, Sent};
-use super::{DriverEnv, READ_BUF_MAX, ReadBuf, SessionPolicy, now, ready_now};
+use super::{DriverEnv, READ_BUF_MAX, ReadBuf, SessionPolicy, ready_now};
+use crate::clock::now;
 use crate::leg::Leg;
 use crate::session::{Action, Failure, RcptCheck, Session};
 
 /// A time no timer waits for: a year from now.
 pub(crate) fn far() -> tokio::time::Instant {
-    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+    tokio::time::Instant::from_std(now()) + Duration::from_secs(86_400 * 365)
 }
 
 /// What wakes a session besides its two legs: its one timer and the stop

@@ -60,11 +60,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Time {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        u32::try_from(secs).unwrap_or(Time::MAX)
+        u32::try_from(crate::clock::unix_seconds()).unwrap_or(Time::MAX)
     }
 }
 

@@ -22,10 +22,7 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 /// A short session id, unique in this process and across restarts in practice.
 fn session_id() -> String {
     let n = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-    let boot = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() & 0xffff)
-        .unwrap_or(0);
+    let boot = crate::clock::unix_seconds() & 0xffff;
     format!("{boot:04x}{n:06x}")
 }
 /// Accepts on one session thread's socket of a listener until `accepting`
@@ -59,7 +56,7 @@ pub(super) async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: do not spin. The
                 // connection waits in the backlog until a session ends.
-                let now = std::time::Instant::now();
+                let now = crate::clock::now();
                 match &mut failing_since {
                     Some((last, failures)) if now.duration_since(*last).as_secs() < 1 => {
                         *failures += 1;
@@ -121,7 +118,7 @@ pub(super) async fn accept_loop(
                         return;
                     }
                 };
-                let started = tokio::time::Instant::now();
+                let started = crate::clock::now();
                 let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
                 active.fetch_add(1, Ordering::Relaxed);
                 connection::serve(stream, peer, rt, env, limiter, protect, fleet).await;

@@ -73,7 +73,7 @@ pub(super) async fn serve(
     protect: Arc<Protect>,
     fleet: Option<Arc<FleetLink>>,
 ) {
-    let started = tokio::time::Instant::now();
+    let started = crate::clock::now();
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -162,7 +162,7 @@ pub(super) async fn serve(
     };
     env.upstream_tls = tls_name;
 
-    let dialling = tokio::time::Instant::now();
+    let dialling = crate::clock::now();
     let mut up = match upstream::connect(&dest, local, &rt.binds, rt.connect_timeout).await {
         Ok(s) => s,
         Err(f) => return finish_early(client_leg, &f, &host, &rt.metrics).await,
@@ -185,7 +185,7 @@ pub(super) async fn serve(
             return finish_early(client_leg, &f, &host, &rt.metrics).await;
         }
     }
-    let now = tokio::time::Instant::now().into_std();
+    let now = crate::clock::now();
     let mut session = Session::new(
         rt.session.clone(),
         client.addr(),

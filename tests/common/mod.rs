@@ -1,6 +1,8 @@
 //! Shared pieces of the end-to-end tests: test certificates, a mailbrake
 //! process with its own config, a raw SMTP client, the recording upstream.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
 #![allow(dead_code)]
 
 pub mod admin;

@@ -3,6 +3,9 @@
 //! wire, so every interleaving of pipelined commands and replies can be
 //! tried. [`Harness::check`] is the invariant mailbrake exists for.
 
+// Tests wait and time themselves on the real clock.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
