@@ -154,11 +154,16 @@ impl Enforcer {
                 // here refreshes that reservation, so it expires within the
                 // reservation TTL.
                 asked.answered();
-                return if fleet.fail_open() {
-                    Decided::Accepted(Held::Uncounted(key.clone()))
-                } else {
-                    Decided::Refused(Refused::Unavailable)
-                };
+                if !fleet.fail_open() {
+                    return Decided::Refused(Refused::Unavailable);
+                }
+                // Mail flows without the fleet's limits, but not for a
+                // sender this process knows to be locked (by an operator
+                // here, its own automatic lock, or restored at start).
+                match self.limiter.status(key, None).lock {
+                    Some(lock) => Refusal::Locked(lock),
+                    None => return Decided::Accepted(Held::Uncounted(key.clone())),
+                }
             }
         };
         if observe {

@@ -444,6 +444,32 @@ async fn an_unreachable_fleet_defers_or_accepts_uncounted() {
 }
 
 #[tokio::test]
+async fn an_unreachable_fleet_still_refuses_a_sender_locked_here() {
+    let down = || Answer::Now(Err(Unavailable::new("down")));
+    let stub = Arc::new(Stub {
+        fail_open: true,
+        ..Stub::new([down(), down()])
+    });
+    let (e, l, _) = enforcer(limits(vec![rate(2, 3600)]), ProtectConfig::default());
+    let mut e = in_fleet(e, &stub);
+    let key = SenderKey::parse(KEY).unwrap();
+    let reason = LockReason::Operator("compromised".into());
+    l.lock(
+        &key,
+        Lock {
+            until: None,
+            reason,
+        },
+    );
+    let text = "450 4.7.1 Sender ip:192.0.2.7 is locked (locked by an operator: compromised) \
+                until an operator unlocks it";
+    assert_eq!(e.check_rcpt(&rcpt()).await, refused(text));
+    assert!(l.unlock(&key));
+    assert_eq!(e.check_rcpt(&rcpt()).await, Verdict::Accept, "open again");
+    assert_eq!(e.ledger.len(), 1);
+}
+
+#[tokio::test]
 async fn too_quick_a_recipient_gives_back_its_fleet_reservation() {
     let stub = Arc::new(Stub::new([reserved(), reserved()]));
     let (e, _, _) = enforcer(limits(vec![rate(2, 3600)]), paced());
