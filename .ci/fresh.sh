@@ -89,7 +89,7 @@ cleanup() {
             echo "fresh.sh: could not unmount ${mounts[i]}" >&2
     done
     if ((keep == 0)) && [[ -d $root ]] &&
-        ! awk -v r="$root/" 'index($5, r) == 1 { m = 1 } END { exit !m }' /proc/self/mountinfo; then
+        ! awk -v r="$root" '$5 == r || index($5, r "/") == 1 { m = 1 } END { exit !m }' /proc/self/mountinfo; then
         echo "fresh.sh: the root took $(du -sh "$root" | cut -f1); removing it"
         rm -rf --one-file-system "$root"
     fi
@@ -158,16 +158,21 @@ rm -rf "$root/src/mailbrake"
 git clone -q --no-hardlinks "$repo" "$root/src/mailbrake"
 git -C "$root/src/mailbrake" checkout -q --detach "$rev"
 
-# (e) The kernel's file systems: /proc, /sys, /dev and /dev/pts for the
-# tests' namespaces and terminals, a /dev/shm of its own, and /run as a
-# tmpfs (`ip netns` bind-mounts namespaces under /run/netns).
+# (e) The root as a mount point, and the kernel's file systems: /proc, /sys,
+# /dev and /dev/pts for the tests' namespaces and terminals, a /dev/shm of
+# its own, and /run as a tmpfs (`ip netns` bind-mounts namespaces under
+# /run/netns).
 mount_in() { # TARGET MOUNT-ARGS...
-    local target=$root$1
+    local target=${root}${1%/}
     shift
     mkdir -p "$target"
     mount "$@" "$target"
     mounts+=("$target")
 }
+# The root itself first, bound onto itself: `ip netns exec` makes / a
+# slave mount in its own mount namespace, which fails (EINVAL) when / is not
+# a mount point.
+mount_in / --bind "$root"
 mount_in /proc -t proc proc
 mount_in /sys -t sysfs sysfs
 mount_in /dev --bind /dev
