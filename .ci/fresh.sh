@@ -16,13 +16,15 @@
 # tree of the checkout this script is in (HEAD, not the working tree) is
 # cloned to /src/mailbrake in the root, and `bash .ci/run` runs there
 # through chroot as root, with /proc, /sys, /dev and a tmpfs /run mounted
-# for the network-namespace tests. The root is deleted afterwards unless
-# --keep is given. Exits with .ci/run's status. Takes the better part of an
-# hour; .ci/run does not run it.
+# for the network-namespace tests. A root this run made is deleted
+# afterwards unless --keep is given; a reused one is left. Exits with
+# .ci/run's status. Takes the better part of an hour; .ci/run does not run
+# it.
 set -euo pipefail
 
 reuse=0
 keep=0
+made=0
 root=
 while (($#)); do
     case "$1" in
@@ -88,7 +90,7 @@ cleanup() {
         umount -R "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" ||
             echo "fresh.sh: could not unmount ${mounts[i]}" >&2
     done
-    if ((keep == 0)) && [[ -d $root ]] &&
+    if ((made && !keep)) &&
         ! awk -v r="$root" '$5 == r || index($5, r "/") == 1 { m = 1 } END { exit !m }' /proc/self/mountinfo; then
         echo "fresh.sh: the root took $(du -sh "$root" | cut -f1); removing it"
         rm -rf --one-file-system "$root"
@@ -106,6 +108,7 @@ if [[ -e $root ]]; then
     [[ -x $root/usr/bin/apt-get ]] || { echo "fresh.sh: $root is not a Debian root" >&2; exit 2; }
 else
     echo "fresh.sh: debootstrap $suite into $root"
+    made=1
     debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$root.debootstrap.log" 2>&1 ||
         { tail -20 "$root.debootstrap.log" >&2; exit 1; }
     rm -f "$root.debootstrap.log"
