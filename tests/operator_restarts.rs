@@ -305,7 +305,11 @@ async fn lock_survives_restarts(fleet: bool) {
     r.act("lock", ALICE, &[]);
     let before = set(&r.show(ALICE));
     r.restart(Stop::Term);
-    assert!(r.locked("alice").await, "the lock was lost");
+    assert!(
+        r.locked("alice").await,
+        "the lock was lost; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
     assert_eq!(set(&r.show(ALICE)), before);
     assert!(
         before["lock"]["reason"]
@@ -313,16 +317,28 @@ async fn lock_survives_restarts(fleet: bool) {
             .unwrap()
             .contains("restart test")
     );
-    assert!(!r.locked("bob").await, "only alice was locked");
+    assert!(
+        !r.locked("bob").await,
+        "only alice was locked; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
 
     r.act("lock", BOB, &["--for", "1d"]);
     let before = set(&r.show(BOB));
     await_kept("bob's lock", || r.lock_kept(BOB).is_some(), true);
     r.restart(Stop::Kill);
-    assert!(r.locked("bob").await, "the lock was lost");
+    assert!(
+        r.locked("bob").await,
+        "the lock was lost; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
     assert_eq!(set(&r.show(BOB)), before);
     about_a_day_ahead(&before["lock"]["until"]);
-    assert!(r.locked("alice").await);
+    assert!(
+        r.locked("alice").await,
+        "locked or not as before; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -351,16 +367,32 @@ async fn unlock_survives_restarts(fleet: bool) {
 
     r.act("unlock", ALICE, &[]);
     r.restart(Stop::Term);
-    assert!(!r.locked("alice").await, "the unlock was lost");
+    assert!(
+        !r.locked("alice").await,
+        "the unlock was lost; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
     assert_eq!(r.show(ALICE)["lock"], Value::Null);
-    assert!(r.locked("bob").await, "only alice was unlocked");
+    assert!(
+        r.locked("bob").await,
+        "only alice was unlocked; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
 
     r.act("unlock", BOB, &[]);
     await_kept("bob's unlock", || r.lock_kept(BOB), None);
     r.restart(Stop::Kill);
-    assert!(!r.locked("bob").await, "the unlock was lost");
+    assert!(
+        !r.locked("bob").await,
+        "the unlock was lost; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
     assert_eq!(r.show(BOB)["lock"], Value::Null);
-    assert!(!r.locked("alice").await);
+    assert!(
+        !r.locked("alice").await,
+        "locked or not as before; mailbrake logged:\n{}",
+        r.mb.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
