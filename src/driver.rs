@@ -132,7 +132,7 @@ async fn run<C, U>(
                 Action::CheckRcpt(check) => {
                     let legs = (&mut *client, &mut *upstream);
                     let bufs = (&mut cbuf, &mut ubuf);
-                    let io = (&mut *out, env);
+                    let io = (&mut *out, &mut pending, env);
                     match wait::decide(check, session, legs, policy, &mut wake, bufs, io).await {
                         Some(actions) => pending.extend(actions),
                         None => return,

@@ -138,13 +138,30 @@ struct Run {
     mta: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+    /// The MTA's end, when the test answers for it instead of [`mta`].
+    by_hand: Option<DuplexStream>,
 }
 
 fn start() -> Run {
+    start_with(false)
+}
+
+/// A session whose MTA is the test itself.
+fn start_by_hand() -> Run {
+    start_with(true)
+}
+
+fn start_with(by_hand: bool) -> Run {
     let (client, client_side) = tokio::io::duplex(64 * 1024);
     let (upstream_side, mta_side) = tokio::io::duplex(64 * 1024);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    tokio::spawn(mta(mta_side, seen.clone()));
+    let by_hand = match by_hand {
+        true => Some(mta_side),
+        false => {
+            tokio::spawn(mta(mta_side, seen.clone()));
+            None
+        }
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let log = Arc::new(Mutex::new(PolicyLog::default()));
     let stop = CancellationToken::new();
@@ -188,6 +205,7 @@ fn start() -> Run {
         mta: seen,
         stop,
         done,
+        by_hand,
     }
 }
 
@@ -265,6 +283,37 @@ impl Run {
         self.greeted().await;
         self.send(&format!("MAIL FROM:<{from}>\r\nRCPT TO:<b@y.test>\r\n"))
             .await;
+    }
+
+    /// As the MTA: the next bytes mailbrake sends, up to and including the
+    /// end of `last`.
+    async fn mta_reads(&mut self, last: &str) -> String {
+        let mta = self.by_hand.as_mut().expect("an MTA by hand");
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).ends_with(last) {
+            match tokio::time::timeout(Duration::from_secs(3600), mta.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// As the MTA: `text` in one segment.
+    async fn mta_says(&mut self, text: &str) {
+        let mta = self.by_hand.as_mut().expect("an MTA by hand");
+        mta.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    /// Greeted and EHLO answered, with the test as the MTA.
+    async fn greeted_by_hand(&mut self) {
+        self.mta_says("220 mta.test ESMTP\r\n").await;
+        assert!(self.reply().await.starts_with("220 "));
+        self.send("EHLO client.test\r\n").await;
+        assert_eq!(self.mta_reads("\r\n").await, "EHLO client.test\r\n");
+        self.mta_says("250-mta.test\r\n250 PIPELINING\r\n").await;
+        assert!(self.reply().await.starts_with("250"));
     }
 
     async fn greeted(&mut self) {
@@ -429,4 +478,69 @@ async fn a_client_that_leaves_after_pipelining_its_message_is_served_first() {
     assert_eq!(r.mta_saw("RCPT"), ["RCPT TO:<b@y.test>"]);
     assert_eq!(r.mta_saw("body"), ["body"], "the message was delivered");
     assert!(r.log.lock().unwrap().abandoned.is_empty());
+}
+
+// === Replies queued behind a waiting decision ===
+
+#[tokio::test(start_paused = true)]
+async fn replies_queued_behind_a_waiting_decision_keep_their_order() {
+    let mut r = start_by_hand();
+    r.greeted_by_hand().await;
+    // x and z are decided at once; y, behind a second MAIL, waits.
+    r.verdicts.send(Verdict::Accept).unwrap();
+    r.verdicts.send(Verdict::Accept).unwrap();
+    r.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<x@y.test>\r\nRCPT TO:<z@y.test>\r\n")
+        .await;
+    r.send("MAIL FROM:<b@x.test>\r\nRCPT TO:<y@y.test>\r\n")
+        .await;
+    r.mta_reads("RCPT TO:<z@y.test>\r\n").await;
+    // One segment answers MAIL a (which lets the session ask about y) and x;
+    // z is answered while y is still being decided.
+    r.mta_says("250 2.1.0 mail a ok\r\n250 2.1.5 x ok\r\n")
+        .await;
+    while !r.log.lock().unwrap().asked.iter().any(|a| a == "y@y.test") {
+        tokio::task::yield_now().await;
+    }
+    r.mta_says("550 5.1.1 z unknown\r\n").await;
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(r.reply().await);
+    }
+    assert_eq!(
+        replies,
+        [
+            "250 2.1.0 mail a ok\r\n",
+            "250 2.1.5 x ok\r\n",
+            "550 5.1.1 z unknown\r\n",
+            "503 5.5.1 Error: nested MAIL command\r\n",
+        ],
+        "in the order of the commands, while y's decision waits"
+    );
+    r.verdicts.send(Verdict::Accept).unwrap();
+    assert_eq!(r.mta_reads("\r\n").await, "RCPT TO:<y@y.test>\r\n");
+    r.mta_says("250 2.1.5 y ok\r\n").await;
+    assert_eq!(r.reply().await, "250 2.1.5 y ok\r\n");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_half_closes_still_hears_what_the_mta_owes_it() {
+    let mut r = start_by_hand();
+    r.greeted_by_hand().await;
+    r.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n").await;
+    assert_eq!(r.mta_reads("\r\n").await, "MAIL FROM:<a@x.test>\r\n");
+    // The client is done sending while b is decided and MAIL unanswered.
+    r.client.shutdown().await.unwrap();
+    while r.log.lock().unwrap().abandoned.is_empty() {
+        tokio::task::yield_now().await;
+    }
+    r.mta_says("250 2.1.0 mail a ok\r\n").await;
+    assert_eq!(r.reply().await, "250 2.1.0 mail a ok\r\n");
+    assert_eq!(
+        r.reply().await,
+        "451 4.3.0 Recipient not decided: the client closed the connection\r\n"
+    );
+    assert!(r.closed().await);
+    assert!(r.ended().await);
+    let rest = r.mta_reads("\r\n").await;
+    assert!(!rest.contains("RCPT"), "b was never forwarded: {rest:?}");
 }

@@ -1,6 +1,7 @@
 //! What a session waits for besides its two legs: its timer, the stop
 //! token, and a policy decision that may take a while.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use super::outbox::{Outbox, Sent};
 use super::{DriverEnv, READ_BUF_MAX, ReadBuf, SessionPolicy, ready_now};
 use crate::clock::now;
 use crate::leg::Leg;
-use crate::session::{Action, Failure, RcptCheck, Session};
+use crate::session::{Action, Failure, RcptCheck, Session, Verdict, replies};
 
 /// A time no timer waits for: a year from now.
 pub(crate) fn far() -> tokio::time::Instant {
@@ -99,9 +100,10 @@ impl<'a, 'e> Wakeups<'a, 'e> {
 /// forwarded. None when the client does not take its replies: the session is
 /// over.
 ///
-/// Meanwhile the bytes the session writes go out at once (the MAIL before
-/// this RCPT, the replies to earlier ones), and its other actions wait in
-/// the returned ones, before the verdict's own: the policy is busy, and the
+/// `queued` holds what the session did after asking, still to be carried
+/// out. Meanwhile the bytes the session writes go out at once, in order
+/// after those (the MAIL before this RCPT, the replies to earlier ones), and
+/// its other actions wait in the returned ones, before the verdict's own: the policy is busy, and the
 /// ledger takes replies in the order of the steps they answer, which the
 /// RCPT being decided comes after. The client is read only to see it leave:
 /// what it pipelines is kept (up to one full read buffer, then it waits)
@@ -115,7 +117,7 @@ pub(crate) async fn decide<C, U>(
     policy: &mut dyn SessionPolicy,
     wake: &mut Wakeups<'_, '_>,
     (cbuf, ubuf): (&mut ReadBuf, &mut ReadBuf),
-    (out, env): (&mut Outbox, &DriverEnv),
+    (out, queued, env): (&mut Outbox, &mut VecDeque<Action>, &DriverEnv),
 ) -> Option<Vec<Action>>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -125,7 +127,10 @@ where
     if let Some(verdict) = ready_now(&mut decision).await {
         return Some(session.on_rcpt_verdict(verdict, now()));
     }
+    // What the session did before it asked (the driver's queue behind this
+    // RCPT) comes before anything it does while the decision waits.
     let mut later = Vec::new();
+    keep(queued.drain(..).collect(), out, &mut later);
     let mut early: Vec<u8> = Vec::new();
     let mut eof = session.client_closed();
     loop {
@@ -138,7 +143,13 @@ where
             return Some(later);
         }
         if eof && early.is_empty() && !session.has_unprocessed_input() {
-            later.extend(session.on_failure(Failure::ClientGone));
+            // Nothing more will come: the decision is dropped and the RCPT
+            // answered locally. The session still relays what the MTA owes
+            // earlier commands, for a client that only half-closed.
+            tracing::info!(rcpt = %check.recipient, "client closed while its recipient was being decided");
+            later.extend(session.on_client_eof(now()));
+            let undecided = Verdict::Refuse(replies::RCPT_UNDECIDED.into());
+            later.extend(session.on_rcpt_verdict(undecided, now()));
             return Some(later);
         }
         wake.arm(session);

@@ -51,8 +51,6 @@ pub enum Failure {
     ClientTooSlow(u64),
     #[error("client disconnected in the middle of a message; upstream closed without end-of-data")]
     ClientGoneMidData,
-    #[error("client disconnected while its recipient was being decided")]
-    ClientGone,
     #[error("client sent more than {0} commands without a transaction")]
     TooManyCommands(usize),
     #[error("bare CR or LF next to a '.' line in DATA (SMTP smuggling)")]
@@ -83,10 +81,8 @@ impl Failure {
             | UpstreamTimeout(_)
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
-            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | ClientGone
-            | TooManyCommands(_) | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => {
-                Fault::Client
-            }
+            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | TooManyCommands(_)
+            | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
             UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -115,7 +111,7 @@ impl Failure {
             ClientTimeout(_) | ClientTooSlow(_) => {
                 format!("421 4.4.2 {host} Error: timeout exceeded")
             }
-            ClientGoneMidData | ClientGone => return None,
+            ClientGoneMidData => return None,
             TooManyCommands(_) => format!("421 4.7.0 {host} Error: too many commands"),
             Smuggling => format!(
                 "554 5.5.2 {host} Error: bare <CR> or <LF> next to a '.' line; \
@@ -220,6 +216,12 @@ pub fn sender_locked(
 pub fn too_quickly(key: &dyn fmt::Display) -> String {
     format!("450 4.7.1 Too many recipients too quickly for {key}; slow down")
 }
+
+/// A recipient whose client closed the connection while its limit was
+/// being decided: it is not forwarded, and the reply reaches a client that
+/// only half-closed.
+pub const RCPT_UNDECIDED: &str =
+    "451 4.3.0 Recipient not decided: the client closed the connection";
 
 /// A recipient no limit can be decided for: the fleet's Redis unreachable
 /// with `redis_failure = "closed"`.
