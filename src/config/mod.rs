@@ -14,6 +14,8 @@ mod tests;
 mod tests_limits;
 #[cfg(test)]
 mod tests_listeners;
+#[cfg(test)]
+mod tests_senders;
 mod types;
 mod validate;
 mod validate_limits;

@@ -526,7 +526,8 @@ async fn replies_queued_behind_a_waiting_decision_keep_their_order() {
 async fn a_client_that_half_closes_still_hears_what_the_mta_owes_it() {
     let mut r = start_by_hand();
     r.greeted_by_hand().await;
-    r.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n").await;
+    r.send("MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\n")
+        .await;
     assert_eq!(r.mta_reads("\r\n").await, "MAIL FROM:<a@x.test>\r\n");
     // The client is done sending while b is decided and MAIL unanswered.
     r.client.shutdown().await.unwrap();

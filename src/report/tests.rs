@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use super::render::csv_field;
 use super::*;
 
 /// 2026-11-01 00:00 UTC: the first hour of the test period.

@@ -29,6 +29,7 @@ pub mod data;
 mod ehlo;
 pub mod replies;
 mod reply;
+mod state;
 mod syntax;
 mod timing;
 mod upstream_side;
@@ -48,9 +49,9 @@ pub use auth::{Mechanism, Username};
 pub use replies::{Failure, Fault};
 
 use auth::SaslExchange;
-use data::DataScanner;
 use ehlo::UpstreamCaps;
 use reply::ReplyReader;
+use state::{Expect, Phase, Slot, Then, Transaction};
 
 /// What a session needs to know about its listener.
 #[derive(Debug, Clone)]
@@ -63,99 +64,6 @@ pub struct SessionConfig {
     pub xclient: bool,
     pub limits: SessionLimits,
     pub timeouts: Timeouts,
-}
-
-/// The client side's phase: how the next client bytes are read.
-#[derive(Debug)]
-enum Phase {
-    /// Waiting for the upstream greeting and mailbrake's own upstream set-up
-    /// (EHLO probe, STARTTLS). Client bytes wait.
-    Setup,
-    /// Command lines.
-    Command,
-    /// The next line is a SASL response.
-    AuthResponse,
-    /// A DATA body, streamed to the upstream.
-    Data(DataScanner),
-    /// A DATA body answered locally (no valid recipients): discarded.
-    DiscardData(DataScanner),
-    /// A BDAT chunk: `remaining` bytes forwarded, or discarded when refused
-    /// locally; `last` ends its message.
-    Bdat {
-        remaining: u64,
-        forward: bool,
-        last: bool,
-    },
-    /// STARTTLS accepted: everything the client pipelined after it is dropped
-    /// until the handshake is done.
-    ClientTlsHandshake,
-    /// The client has had its last reply and its leg is closed; the
-    /// upstream's replies to ends of message already sent are still read,
-    /// so that what became of them is known, not guessed. Nothing more is
-    /// sent to either side.
-    Draining,
-    /// Nothing more is read.
-    Closed,
-}
-
-/// What the upstream's next reply answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    Greeting,
-    /// mailbrake's own EHLO, to learn about STARTTLS and XCLIENT.
-    Probe,
-    UpstreamStartTls,
-    /// XCLIENT; the client's HELO/EHLO line is sent once it is answered.
-    Xclient,
-    Ehlo,
-    Helo,
-    /// The MAIL that opened transaction `tx`.
-    Mail {
-        tx: u64,
-    },
-    /// A RCPT of transaction `tx` (0: none open when it was sent), with an
-    /// accepting verdict.
-    Rcpt {
-        tx: u64,
-    },
-    Data,
-    DataEnd,
-    Bdat {
-        last: bool,
-    },
-    Auth,
-    Rset,
-    Quit,
-    Other,
-}
-
-/// What happens after a local reply is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Then {
-    Nothing,
-    StartTls,
-}
-
-/// One reply owed to the client, in order.
-#[derive(Debug)]
-enum Slot {
-    Local { reply: Vec<u8>, then: Then },
-    Upstream { expect: Expect, since: Instant },
-}
-
-/// A mail transaction, as seen from the commands sent and their replies.
-#[derive(Debug, Default)]
-struct Transaction {
-    /// From 1, in the order the MAILs were sent.
-    id: u64,
-    /// The upstream accepted its MAIL.
-    confirmed: bool,
-    mail_from: String,
-    rcpt_forwarded: u32,
-    rcpt_refused_locally: u32,
-    rcpt_accepted: u32,
-    rcpt_refused_upstream: u32,
-    size: u64,
 }
 
 /// One SMTP session between a client and its upstream.
