@@ -41,6 +41,8 @@
 //!   verdict, the reply, the log line and the metric (`limits::decide`).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
+//! - [`sendmail`]: the sendmail(8)-compatible submission command, being
+//!   built: its command line is read; the submission is still to come.
 //! - [`report`]: `mailbrake report`: peaks per sender from the hourly totals,
 //!   and the default limit they suggest. Pure.
 
@@ -64,6 +66,7 @@ pub mod orig_dst;
 pub mod protect;
 pub mod proxy_protocol;
 pub mod report;
+pub mod sendmail;
 pub mod server;
 pub mod session;
 pub mod state;
