@@ -1,0 +1,292 @@
+//! The message a sendmail caller writes on standard input, made ready to
+//! submit the way Postfix's pickup and cleanup would: LF or CRLF line ends
+//! read alike, a lone `.` line ending the input unless `-i`, recipients
+//! taken from To, Cc and Bcc with `-t`, Bcc removed, and a missing From,
+//! Date or Message-ID added. Pure: the caller passes the user, the host
+//! name, the date and a message id.
+
+use super::args::Options;
+
+/// What the caller knows that the message does not say.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The local user running the command (the envelope sender's local
+    /// part when `-f` is not given).
+    pub login: &'a str,
+    /// The host's mail domain.
+    pub domain: &'a str,
+    /// The user's full name as the system knows it, for an added From when
+    /// `-F` gives none.
+    pub full_name: Option<&'a str>,
+    /// Now, as an RFC 5322 date.
+    pub date: &'a str,
+    /// A fresh message id, without angle brackets.
+    pub message_id: &'a str,
+}
+
+/// A message ready to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The envelope sender (empty: the null sender).
+    pub sender: String,
+    /// The envelope recipients, in order, each once.
+    pub recipients: Vec<String>,
+    /// The message, every line ending in CRLF, not yet dot-stuffed.
+    pub data: Vec<u8>,
+}
+
+/// A message that cannot be submitted; the command exits with EX_USAGE.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    #[error("no recipient addresses found in the message's headers")]
+    NoRecipients,
+}
+
+/// Prepares `input` as `opts` and `ctx` say.
+pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, MessageError> {
+    let lines = lines(input, opts.dot_ends_input);
+    let (fields, body_at) = header_fields(&lines);
+    let sender = match &opts.sender {
+        Some(s) => s.clone(),
+        None => format!("{}@{}", ctx.login, ctx.domain),
+    };
+
+    let mut recipients: Vec<String> = Vec::new();
+    let mut add = |addr: String| {
+        if !addr.is_empty() && !recipients.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
+            recipients.push(addr);
+        }
+    };
+    opts.recipients.iter().cloned().for_each(&mut add);
+    if opts.extract_recipients {
+        // Resent- headers, when there are any, name this sending's recipients.
+        let resent = fields
+            .iter()
+            .any(|f| f.name_is(&["resent-to", "resent-cc", "resent-bcc"]));
+        let names: &[&str] = if resent {
+            &["resent-to", "resent-cc", "resent-bcc"]
+        } else {
+            &["to", "cc", "bcc"]
+        };
+        for field in fields.iter().filter(|f| f.name_is(names)) {
+            addresses(&field.value(&lines))
+                .into_iter()
+                .for_each(&mut add);
+        }
+    }
+    if recipients.is_empty() {
+        return Err(MessageError::NoRecipients);
+    }
+
+    let mut data = Vec::with_capacity(input.len() + 256);
+    let has = |names: &[&str]| fields.iter().any(|f| f.name_is(names));
+    if !has(&["from"]) {
+        let from = match opts.full_name.as_deref().or(ctx.full_name) {
+            Some(name) => format!("From: {} <{sender}>", quote_name(name)),
+            None => format!("From: {sender}"),
+        };
+        push_line(&mut data, from.as_bytes());
+    }
+    if !has(&["date"]) {
+        push_line(&mut data, format!("Date: {}", ctx.date).as_bytes());
+    }
+    if !has(&["message-id"]) {
+        push_line(
+            &mut data,
+            format!("Message-ID: <{}>", ctx.message_id).as_bytes(),
+        );
+    }
+    for field in &fields {
+        if !field.name_is(&["bcc", "resent-bcc"]) {
+            for line in &lines[field.lines.clone()] {
+                push_line(&mut data, line);
+            }
+        }
+    }
+    if body_at < lines.len() && !lines[body_at].is_empty() {
+        // Headers end with an empty line, added where the input had none.
+        push_line(&mut data, b"");
+    }
+    for line in &lines[body_at..] {
+        push_line(&mut data, line);
+    }
+    Ok(Message {
+        sender,
+        recipients,
+        data,
+    })
+}
+
+/// The input's lines without their ends (LF, or CRLF), up to a lone `.`
+/// when `dot_ends`. A last line without an end is kept.
+fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if dot_ends && line == b"." {
+            break;
+        }
+        out.push(line);
+        rest = next;
+    }
+    out
+}
+
+/// One header field: the lines it spans (its first and continuations).
+struct Field {
+    name: String,
+    lines: std::ops::Range<usize>,
+}
+
+impl Field {
+    fn name_is(&self, names: &[&str]) -> bool {
+        names.iter().any(|n| self.name.eq_ignore_ascii_case(n))
+    }
+
+    /// The value, unfolded.
+    fn value(&self, lines: &[&[u8]]) -> String {
+        let mut v = String::new();
+        for (i, line) in lines[self.lines.clone()].iter().enumerate() {
+            let text = String::from_utf8_lossy(line);
+            let text = if i == 0 {
+                text.split_once(':').map_or("", |(_, v)| v).to_owned()
+            } else {
+                text.into_owned()
+            };
+            v.push_str(&text);
+        }
+        v
+    }
+}
+
+/// The header fields at the top of `lines`, and where the rest begins (the
+/// empty line after them, or the first line that is not a field).
+fn header_fields(lines: &[&[u8]]) -> (Vec<Field>, usize) {
+    let mut fields: Vec<Field> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        if continuation && let Some(last) = fields.last_mut() {
+            last.lines.end = i + 1;
+            continue;
+        }
+        match field_name(line) {
+            Some(name) => fields.push(Field {
+                name,
+                lines: i..i + 1,
+            }),
+            None => return (fields, i),
+        }
+    }
+    (fields, lines.len())
+}
+
+/// `Name:` at the start of a header line (printable ASCII, no space).
+fn field_name(line: &[u8]) -> Option<String> {
+    let colon = memchr::memchr(b':', line)?;
+    let name = &line[..colon];
+    (!name.is_empty() && name.iter().all(|b| (33..=126).contains(b)))
+        .then(|| String::from_utf8_lossy(name).into_owned())
+}
+
+/// The addresses of an RFC 5322 address list: `a@x`, `Name <a@x>`,
+/// `"Quoted, Name" <a@x>`, comments, domain literals, and groups
+/// (`team: a@x, b@y;`, `undisclosed-recipients:;`). A bare local part
+/// (`root`, as cron writes) is kept as it is.
+fn addresses(list: &str) -> Vec<String> {
+    #[derive(PartialEq)]
+    enum In {
+        Text,
+        Quoted,
+        Literal,
+    }
+    let mut out = Vec::new();
+    // The text outside angle brackets, and the text inside them.
+    let (mut word, mut angle) = (String::new(), None::<String>);
+    let (mut state, mut comment, mut escaped, mut in_angle) = (In::Text, 0u32, false, false);
+    for c in list.chars() {
+        let target = if in_angle {
+            angle.get_or_insert_with(String::new)
+        } else {
+            &mut word
+        };
+        if escaped {
+            escaped = false;
+            if comment == 0 {
+                target.push(c);
+            }
+            continue;
+        }
+        if comment > 0 {
+            match c {
+                '\\' => escaped = true,
+                '(' => comment += 1,
+                ')' => comment -= 1,
+                _ => {}
+            }
+            continue;
+        }
+        match (&state, c) {
+            (In::Quoted, '\\') => {
+                escaped = true;
+                target.push(c);
+            }
+            (In::Quoted, '"') | (In::Literal, ']') => {
+                state = In::Text;
+                target.push(c);
+            }
+            (In::Quoted | In::Literal, _) => target.push(c),
+            (In::Text, '"') => {
+                state = In::Quoted;
+                target.push(c);
+            }
+            (In::Text, '[') => {
+                state = In::Literal;
+                target.push(c);
+            }
+            (In::Text, '(') => comment = 1,
+            (In::Text, '<') => {
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            (In::Text, '>') if in_angle => in_angle = false,
+            // A group's name is not an address.
+            (In::Text, ':') if !in_angle => word.clear(),
+            (In::Text, ',' | ';') if !in_angle => {
+                let addr = angle.take().unwrap_or_else(|| word.clone());
+                word.clear();
+                out.push(addr);
+            }
+            (In::Text, _) => target.push(c),
+        }
+    }
+    out.push(angle.unwrap_or(word));
+    out.into_iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect()
+}
+
+/// A display name as it may stand in a From header.
+fn quote_name(name: &str) -> String {
+    let plain = name
+        .chars()
+        .all(|c| c.is_alphanumeric() || " !#$%&'*+-/=?^_`{|}~".contains(c));
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+fn push_line(data: &mut Vec<u8>, line: &[u8]) {
+    data.extend_from_slice(line);
+    data.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Messages as PHP, PHPMailer and cron write them, and what is submitted.
+
+use super::*;
+use crate::sendmail::args::parse;
+
+const CTX: Context = Context {
+    login: "site1",
+    domain: "host.test",
+    full_name: None,
+    date: "Tue, 01 Dec 2026 13:45:00 +0000",
+    message_id: "1.2.3@host.test",
+};
+
+fn prepared(args: &[&str], input: &str) -> Message {
+    let opts = parse(args.iter().copied()).unwrap();
+    prepare(input.as_bytes(), &opts, &CTX).unwrap()
+}
+
+fn text(m: &Message) -> &str {
+    std::str::from_utf8(&m.data).unwrap()
+}
+
+#[test]
+fn php_mail_with_lf_line_ends() {
+    let m = prepared(
+        &["-t", "-i"],
+        "To: bob@y.test\nSubject: hi\nFrom: site@x.test\n\nline one\n.\nlast\n",
+    );
+    assert_eq!(m.sender, "site1@host.test");
+    assert_eq!(m.recipients, ["bob@y.test"]);
+    assert_eq!(
+        text(&m),
+        "Date: Tue, 01 Dec 2026 13:45:00 +0000\r\nMessage-ID: <1.2.3@host.test>\r\n\
+         To: bob@y.test\r\nSubject: hi\r\nFrom: site@x.test\r\n\r\nline one\r\n.\r\nlast\r\n",
+        "a lone dot kept under -i, CRLF everywhere"
+    );
+}
+
+#[test]
+fn without_i_a_lone_dot_ends_the_input() {
+    let m = prepared(
+        &["bob@y.test"],
+        "Subject: s\r\n\r\nkept\r\n.\r\nnot sent\r\n",
+    );
+    assert!(text(&m).ends_with("\r\nkept\r\n"), "{:?}", text(&m));
+}
+
+#[test]
+fn recipients_from_to_cc_and_bcc_and_bcc_removed() {
+    let m = prepared(
+        &["-t", "-i", "-f", "bounce@x.test", "boss@x.test"],
+        "From: Site <site@x.test>\r\nTo: \"Doe, John\" <john@y.test>, jane@y.test\r\n\
+         Cc: team: a@y.test, (a comment) b@y.test;\r\nBcc: secret@z.test,\r\n hidden@z.test\r\n\
+         Date: x\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n",
+    );
+    assert_eq!(m.sender, "bounce@x.test");
+    assert_eq!(
+        m.recipients,
+        [
+            "boss@x.test",
+            "john@y.test",
+            "jane@y.test",
+            "a@y.test",
+            "b@y.test",
+            "secret@z.test",
+            "hidden@z.test"
+        ]
+    );
+    assert!(
+        !text(&m).to_ascii_lowercase().contains("bcc"),
+        "{}",
+        text(&m)
+    );
+    assert!(!text(&m).contains("hidden"), "the folded line went with it");
+    assert!(text(&m).starts_with("From: Site <site@x.test>\r\nTo: "));
+}
+
+#[test]
+fn resent_headers_name_the_recipients_when_present() {
+    let m = prepared(
+        &["-t"],
+        "To: old@y.test\nResent-To: new@y.test\nResent-Bcc: quiet@y.test\n\nb\n",
+    );
+    assert_eq!(m.recipients, ["new@y.test", "quiet@y.test"]);
+    assert!(!text(&m).contains("quiet"));
+}
+
+#[test]
+fn a_missing_from_is_added_with_the_full_name() {
+    let m = prepared(
+        &["-F", "Cron Daemon", "-i", "root"],
+        "Subject: out\n\nran\n",
+    );
+    assert_eq!(
+        m.recipients,
+        ["root"],
+        "a bare local part, as cron writes it"
+    );
+    assert!(text(&m).starts_with("From: Cron Daemon <site1@host.test>\r\n"));
+    let m = prepared(&["-F", "Doe, John", "-f", "<>", "root"], "\n");
+    assert!(
+        text(&m).starts_with("From: \"Doe, John\" <>\r\n"),
+        "{}",
+        text(&m)
+    );
+}
+
+#[test]
+fn a_body_without_headers_gets_an_empty_line_after_the_added_ones() {
+    let m = prepared(&["a@x.test"], "just text, no header\nsecond line");
+    assert_eq!(
+        text(&m),
+        "From: site1@host.test\r\nDate: Tue, 01 Dec 2026 13:45:00 +0000\r\n\
+         Message-ID: <1.2.3@host.test>\r\n\r\njust text, no header\r\nsecond line\r\n"
+    );
+}
+
+#[test]
+fn eight_bit_bodies_and_long_lines_are_kept_byte_for_byte() {
+    let long = "x".repeat(5000);
+    let input = format!("Subject: \u{e9}t\u{e9}\n\n\u{fc}ber {long}\n");
+    let m = prepared(&["a@x.test"], &input);
+    assert!(text(&m).ends_with(&format!("\r\n\r\n\u{fc}ber {long}\r\n")));
+    assert!(text(&m).contains("Subject: \u{e9}t\u{e9}\r\n"));
+}
+
+#[test]
+fn no_recipients_anywhere_is_an_error() {
+    let opts = parse(["-t"]).unwrap();
+    assert_eq!(
+        prepare(b"Subject: x\n\nb\n", &opts, &CTX),
+        Err(MessageError::NoRecipients)
+    );
+    let opts = parse(["-t"]).unwrap();
+    assert_eq!(
+        prepare(b"To: undisclosed-recipients:;\n\nb\n", &opts, &CTX),
+        Err(MessageError::NoRecipients)
+    );
+}
+
+#[test]
+fn address_lists() {
+    let cases: &[(&str, &[&str])] = &[
+        ("a@x", &["a@x"]),
+        (" Name <a@x> , b@y ", &["a@x", "b@y"]),
+        ("\"Last, First\" <a@x>", &["a@x"]),
+        ("\"quoted local\"@x", &["\"quoted local\"@x"]),
+        ("a@x (Alice, the admin)", &["a@x"]),
+        ("g: a@x, b@y;, c@z", &["a@x", "b@y", "c@z"]),
+        ("undisclosed-recipients:;", &[]),
+        ("u@[IPv6:2001:db8::1]", &["u@[IPv6:2001:db8::1]"]),
+        ("root", &["root"]),
+        ("", &[]),
+        (",,", &[]),
+    ];
+    for (list, want) in cases {
+        assert_eq!(addresses(list), *want, "{list:?}");
+    }
+}
+
+#[test]
+fn recipients_are_each_named_once() {
+    let m = prepared(
+        &["-t", "a@x.test"],
+        "To: A@x.test, b@y.test\nCc: b@y.test\n\n",
+    );
+    assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
+}
