@@ -160,7 +160,7 @@ impl Enforcer {
                 // Mail flows without the fleet's limits, but not for a
                 // sender this process knows to be locked (by an operator
                 // here, its own automatic lock, or restored at start).
-                match self.limiter.status(key, None).lock {
+                match self.limiter.lock_in_force(key) {
                     Some(lock) => Refusal::Locked(lock),
                     None => return Decided::Accepted(Held::Uncounted(key.clone())),
                 }

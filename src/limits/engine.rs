@@ -463,6 +463,12 @@ impl Engine {
     }
 
     /// A key's counts, limit and lock, for operators.
+    /// `key`'s lock, if it is still in force at `now`.
+    pub fn lock_in_force(&self, key: &SenderKey, now: Time) -> Option<Lock> {
+        let lock = self.keys.get(key)?.lock.as_deref()?;
+        lock.until.is_none_or(|u| u > now).then(|| lock.clone())
+    }
+
     pub fn status(&self, key: &SenderKey, client: Option<IpAddr>, now: Time) -> Status {
         let (rates, source) = self.policy.limit(key, client);
         let state = self.keys.get(key).cloned().unwrap_or_default();

@@ -162,6 +162,12 @@ impl Limiter {
         self.shard(key).unlock(key, now)
     }
 
+    /// `key`'s lock, if it is still in force.
+    pub fn lock_in_force(&self, key: &SenderKey) -> Option<Lock> {
+        let now = self.now();
+        self.shard(key).lock_in_force(key, now)
+    }
+
     pub fn status(&self, key: &SenderKey, client: Option<IpAddr>) -> Status {
         let now = self.now();
         self.shard(key).status(key, client, now)

@@ -470,6 +470,33 @@ async fn an_unreachable_fleet_still_refuses_a_sender_locked_here() {
 }
 
 #[tokio::test]
+async fn an_unreachable_fleet_lets_through_a_sender_whose_lock_ran_out() {
+    let down = || Answer::Now(Err(Unavailable::new("down")));
+    let stub = Arc::new(Stub {
+        fail_open: true,
+        ..Stub::new([down(), down()])
+    });
+    let (e, l, time) = enforcer(limits(vec![rate(2, 3600)]), ProtectConfig::default());
+    let mut e = in_fleet(e, &stub);
+    let key = SenderKey::parse(KEY).unwrap();
+    let reason = LockReason::Operator("compromised".into());
+    l.lock(
+        &key,
+        Lock {
+            until: Some(T0 + 60),
+            reason,
+        },
+    );
+    assert!(matches!(e.check_rcpt(&rcpt()).await, Verdict::Refuse(_)));
+    time.store(T0 + 60, Ordering::SeqCst);
+    assert_eq!(
+        e.check_rcpt(&rcpt()).await,
+        Verdict::Accept,
+        "the lock ran out"
+    );
+}
+
+#[tokio::test]
 async fn too_quick_a_recipient_gives_back_its_fleet_reservation() {
     let stub = Arc::new(Stub::new([reserved(), reserved()]));
     let (e, _, _) = enforcer(limits(vec![rate(2, 3600)]), paced());
