@@ -21,23 +21,19 @@ fn v2_tcp4_payload() -> Vec<u8> {
     p
 }
 
-fn v2_tcp6_payload() -> Vec<u8> {
+/// A v2 TCP6 payload: source and destination addresses, then ports.
+fn tcp6_payload(source: &str, destination: &str, ports: (u16, u16)) -> Vec<u8> {
     let mut p = Vec::new();
-    p.extend(
-        "2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p.extend(
-        "2001:db8::2"
-            .parse::<std::net::Ipv6Addr>()
-            .unwrap()
-            .octets(),
-    );
-    p.extend(4321u16.to_be_bytes());
-    p.extend(587u16.to_be_bytes());
+    for ip in [source, destination] {
+        p.extend(ip.parse::<std::net::Ipv6Addr>().unwrap().octets());
+    }
+    p.extend(ports.0.to_be_bytes());
+    p.extend(ports.1.to_be_bytes());
     p
+}
+
+fn v2_tcp6_payload() -> Vec<u8> {
+    tcp6_payload("2001:db8::1", "2001:db8::2", (4321, 587))
 }
 
 fn proxied(source: &str, destination: &str, consumed: usize) -> Inbound {
@@ -55,24 +51,7 @@ fn valid_headers() -> Vec<(&'static str, Vec<u8>, Inbound)> {
         p.extend([0x04, 0x00, 0x02, 0xAA, 0xBB]); // NOOP TLV
         p
     };
-    let mapped6 = {
-        let mut p = Vec::new();
-        p.extend(
-            "::ffff:192.0.2.1"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        p.extend(
-            "2001:db8::2"
-                .parse::<std::net::Ipv6Addr>()
-                .unwrap()
-                .octets(),
-        );
-        p.extend(4321u16.to_be_bytes());
-        p.extend(25u16.to_be_bytes());
-        p
-    };
+    let mapped6 = tcp6_payload("::ffff:192.0.2.1", "2001:db8::2", (4321, 25));
     // Expected results with `consumed` 0: the whole header is filled in below.
     let cases: Vec<(&str, Vec<u8>, Inbound)> = vec![
         (

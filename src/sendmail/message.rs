@@ -42,6 +42,13 @@ pub enum MessageError {
     NoRecipients,
 }
 
+/// The fields `-t` reads recipients from, and the Resent- ones that take
+/// their place when a message has any.
+const RECIPIENTS: &[&str] = &["to", "cc", "bcc"];
+const RESENT_RECIPIENTS: &[&str] = &["resent-to", "resent-cc", "resent-bcc"];
+/// The fields removed from every message submitted.
+const BLIND: &[&str] = &["bcc", "resent-bcc"];
+
 /// Prepares `input` as `opts` and `ctx` say.
 pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, MessageError> {
     let lines = lines(input, opts.dot_ends_input);
@@ -60,13 +67,11 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     opts.recipients.iter().cloned().for_each(&mut add);
     if opts.extract_recipients {
         // Resent- headers, when there are any, name this sending's recipients.
-        let resent = fields
-            .iter()
-            .any(|f| f.name_is(&["resent-to", "resent-cc", "resent-bcc"]));
-        let names: &[&str] = if resent {
-            &["resent-to", "resent-cc", "resent-bcc"]
+        let resent = fields.iter().any(|f| f.name_is(RESENT_RECIPIENTS));
+        let names = if resent {
+            RESENT_RECIPIENTS
         } else {
-            &["to", "cc", "bcc"]
+            RECIPIENTS
         };
         for field in fields.iter().filter(|f| f.name_is(names)) {
             addresses(&field.value(&lines))
@@ -97,7 +102,7 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
         );
     }
     for field in &fields {
-        if !field.name_is(&["bcc", "resent-bcc"]) {
+        if !field.name_is(BLIND) {
             for line in &lines[field.lines.clone()] {
                 push_line(&mut data, line);
             }
