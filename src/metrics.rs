@@ -35,7 +35,7 @@ pub const SENDER_LOCKED: &str = "mailbrake_sender_locked";
 pub const SENDER_SERIES_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Label values known in advance, so every series exists from start-up.
-pub const KEY_CLASSES: &[&str] = &["auth", "vhost", "ip"];
+pub const KEY_CLASSES: &[&str] = &["auth", "vhost", "user", "uid", "ip"];
 pub const RCPT_OUTCOMES: &[&str] = &["accepted", "deferred", "rejected", "observed"];
 pub const DECISIONS: &[&str] = &["accepted", "over_limit", "locked", "observed"];
 pub const LOCK_REASONS: &[&str] = &["refusals", "rotation", "operator"];

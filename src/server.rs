@@ -21,7 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ClientTls, Config, ListenerConfig, UpstreamTls};
+use crate::config::{Bind, ClientTls, Config, ListenerConfig, UpstreamTls};
 use crate::identity::Resolver;
 use crate::limits::shared::FleetLink;
 use crate::limits::{Limiter, Policy, SystemClock};
@@ -81,8 +81,14 @@ impl ListenerRuntime {
             sessions: Arc::new(Semaphore::new(l.max_sessions.get())),
             tls_handshake: config.timeouts.tls_handshake,
             connect_timeout: config.timeouts.connect,
-            binds: Arc::new(config.listeners.iter().map(|l| l.bind).collect()),
-            identity: Resolver::new(l, &config.vhosts),
+            binds: Arc::new(
+                config
+                    .listeners
+                    .iter()
+                    .filter_map(|l| l.bind.tcp())
+                    .collect(),
+            ),
+            identity: Resolver::new(l, &config.vhosts, &config.limits.identity),
             active: Arc::new(AtomicI64::new(0)),
             metrics: Arc::new(m::ListenerMetrics::new(&l.name)),
         })
@@ -109,7 +115,7 @@ pub fn build_all(config: &Config) -> Result<Vec<ListenerRuntime>, Vec<String>> {
 /// A running listener's handle for reload.
 struct Running {
     name: String,
-    bind: SocketAddr,
+    bind: Bind,
     tx: watch::Sender<Arc<ListenerRuntime>>,
 }
 
@@ -204,20 +210,25 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         protect: protect.clone(),
         fleet: fleet.clone(),
     });
+    let mut unix_sockets = Vec::new();
     for rt in runtimes {
-        let group =
-            crate::listen::bind_group(rt.cfg.bind, workers.handles().len()).map_err(|e| {
-                anyhow::anyhow!(
-                    "listener[{}]: cannot bind {}: {e}",
-                    rt.cfg.name,
-                    rt.cfg.bind
-                )
-            })?;
+        let group = crate::listen::bind(&rt.cfg.bind, workers.handles().len()).map_err(|e| {
+            anyhow::anyhow!(
+                "listener[{}]: cannot bind {}: {e}",
+                rt.cfg.name,
+                rt.cfg.bind
+            )
+        })?;
+        if let Bind::Unix(u) = &rt.cfg.bind {
+            use std::os::unix::fs::MetadataExt;
+            let ino = std::fs::symlink_metadata(&u.path).map_or(0, |m| m.ino());
+            unix_sockets.push((u.path.clone(), ino));
+        }
         tracing::info!(listener = %rt.cfg.name, bind = %rt.cfg.bind, tls = %rt.cfg.tls, upstream = %rt.cfg.upstream, "listening");
         let (tx, rx) = watch::channel(Arc::new(rt));
         running.push(Running {
             name: rx.borrow().cfg.name.clone(),
-            bind: rx.borrow().cfg.bind,
+            bind: rx.borrow().cfg.bind.clone(),
             tx,
         });
         // Each session thread accepts on its own socket of the group.
@@ -229,7 +240,7 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
                 rx.borrow().cfg.name.clone(),
             );
             thread.spawn(async move {
-                match TcpListener::from_std(socket) {
+                match accept::Socket::register(socket) {
                     Ok(l) => accept::accept_loop(l, rx, accepting, stop, tracker, services).await,
                     Err(e) => {
                         tracing::error!(listener = %name, "cannot accept on a session thread: {e}")
@@ -286,6 +297,9 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
         }
     }
     accepting.cancel();
+    for (path, ino) in &unix_sockets {
+        crate::listen::unlink_unix(path, *ino);
+    }
     tracker.close();
     let drain = config.server.drain_timeout;
     tracing::info!(

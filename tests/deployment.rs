@@ -428,7 +428,7 @@ fn the_example_configuration_passes_check_config() {
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "check-config failed:\n{text}");
-    assert!(text.contains("OK (4 listener(s))"), "{text}");
+    assert!(text.contains("OK (5 listener(s))"), "{text}");
 }
 
 /// `systemd-analyze verify` on the unit, with ExecStart pointing at the
@@ -453,9 +453,16 @@ fn the_systemd_unit_verifies_and_outlasts_the_drain() {
         "AmbientCapabilities=CAP_NET_BIND_SERVICE".to_string(),
         "NoNewPrivileges=yes".to_string(),
         "StateDirectory=mailbrake".to_string(),
+        // The sendmail socket's directory, which every site must reach.
+        "RuntimeDirectory=mailbrake".to_string(),
+        "RuntimeDirectoryMode=0755".to_string(),
     ] {
         assert!(unit.lines().any(|l| l == line), "no `{line}` in the unit");
     }
+    assert!(
+        read("config/transparent.toml").contains("bind = \"unix:/run/mailbrake/submit.sock\""),
+        "the example's sendmail socket is in the unit's RuntimeDirectory"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailbrake.service");
     std::fs::write(

@@ -25,7 +25,7 @@ struct Metric {
 }
 
 const LISTENER: (&str, &[&str]) = ("listener", &[]);
-const KEY_CLASS: (&str, &[&str]) = ("class", &["auth", "vhost", "ip"]);
+const KEY_CLASS: (&str, &[&str]) = ("class", &["auth", "vhost", "user", "uid", "ip"]);
 const SENDER: (&str, &[&str]) = ("sender", &[]);
 
 /// Every metric family mailbrake exports: the contract the dashboard and

@@ -1,7 +1,8 @@
 //! Vhosts by socket owner for real: in a network namespace of its own, two
 //! clients running as two different Unix users connect from the same address
 //! through an iptables REDIRECT, and mailbrake counts each under the vhost of
-//! its uid. Two processes, one IP, two keys.
+//! its uid. Two processes, one IP, two keys; and users in no `[[vhost]]` are
+//! each their own sender (`user:NAME`, `uid:N`), never the shared address.
 //!
 //! Needs root (CI runs as root). Without it the test fails loudly: it never
 //! passes by skipping.
@@ -16,6 +17,9 @@ use common::*;
 /// The uids of the two hosting customers; setpriv needs no passwd entry.
 const UID_A: u32 = 65534;
 const UID_B: u32 = 65533;
+/// In no vhost: Debian's `daemon`, and a uid with no name.
+const UID_DAEMON: u32 = 1;
+const UID_NAMELESS: u32 = 65532;
 
 impl Netns {
     /// Starts python's smtplib as `uid`, sending one message to the three
@@ -72,7 +76,7 @@ fn refused(client: Child, what: &str, mb: &Mailbrake) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
+async fn local_users_behind_one_address_are_counted_apart() {
     require_root_and_tools();
     let ns = Netns::new("mbuids");
     // Non-root traffic to 127.0.0.2:25 goes to mailbrake; mailbrake (root)
@@ -90,18 +94,25 @@ async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
     ) + "[[listener]]\nname = \"smtp\"\nbind = \"127.0.0.1:10025\"\ntls = \"none\"\nupstream = \"original-destination\"\n";
     let mb = Mailbrake::start_with(&ns.prefix(), &cfg);
 
-    // Both at once: each is over its own limit, and neither uses the other's.
+    // All at once: each is over its own limit, and none uses another's.
     let a = ns.client(UID_A, "127.0.0.2", "a");
     let b = ns.client(UID_B, "127.0.0.2", "b");
-    let (refused_a, refused_b) = tokio::task::block_in_place(|| {
+    let c = ns.client(UID_DAEMON, "127.0.0.2", "c");
+    let d = ns.client(UID_NAMELESS, "127.0.0.2", "d");
+    let (refused_a, refused_b, refused_c, refused_d) = tokio::task::block_in_place(|| {
         (
             refused(a, &format!("uid {UID_A}"), &mb),
             refused(b, &format!("uid {UID_B}"), &mb),
+            refused(c, &format!("uid {UID_DAEMON}"), &mb),
+            refused(d, &format!("uid {UID_NAMELESS}"), &mb),
         )
     });
+    let nameless = format!("uid:{UID_NAMELESS}");
     for (tag, refused, key) in [
         ("a", &refused_a, "vhost:site-a"),
         ("b", &refused_b, "vhost:site-b"),
+        ("c", &refused_c, "user:daemon"),
+        ("d", &refused_d, nameless.as_str()),
     ] {
         assert_eq!(refused.len(), 1, "{key}: {refused:?}");
         let (rcpt, reply) = &refused[0];
@@ -114,10 +125,20 @@ async fn two_uids_behind_one_address_are_counted_under_their_own_vhosts() {
         );
     }
 
-    let mut delivered = [up.next_message().await, up.next_message().await];
-    delivered.sort_by(|x, y| x.rcpts.cmp(&y.rcpts));
-    assert_eq!(delivered[0].rcpts, ["a-1@remote.test", "a-2@remote.test"]);
-    assert_eq!(delivered[1].rcpts, ["b-1@remote.test", "b-2@remote.test"]);
+    let mut delivered = Vec::new();
+    for _ in 0..4 {
+        delivered.push(up.next_message().await.rcpts);
+    }
+    delivered.sort();
+    for (i, tag) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        assert_eq!(
+            delivered[i],
+            [
+                format!("{tag}-1@remote.test"),
+                format!("{tag}-2@remote.test")
+            ]
+        );
+    }
     let logs = mb.logs();
     assert!(
         !logs.contains("ip:127.0.0.1"),

@@ -100,7 +100,7 @@ pub fn routes(api: Arc<Api>) -> Router {
 fn parse_key(text: &str) -> Result<SenderKey, ApiError> {
     SenderKey::parse(text).ok_or_else(|| {
         bad(format!(
-            "{text:?} is not a sender key; write auth:LOGIN, vhost:NAME or ip:ADDRESS"
+            "{text:?} is not a sender key; write auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS"
         ))
     })
 }

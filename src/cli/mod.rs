@@ -95,12 +95,12 @@ pub struct Options {
 pub enum SenderCommand {
     /// Counts per window, the limit and where it comes from, the next free recipient, lock, override.
     Show {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
     },
     /// Give KEY another limit, for a while (--for, --until) or lastingly.
     Raise {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         /// The limit: 500/1h; several rates repeated or comma-separated; or "unlimited".
         #[arg(long, required = true, value_name = "RATE", value_delimiter = ',',
@@ -113,7 +113,7 @@ pub enum SenderCommand {
     },
     /// No limit for KEY, for a while or lastingly.
     Exempt {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         #[command(flatten)]
         term: Term,
@@ -122,14 +122,14 @@ pub enum SenderCommand {
     },
     /// Remove KEY's override or exemption: back to the file's policy.
     Clear {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         #[command(flatten)]
         why: Reason,
     },
     /// Refuse every recipient of KEY, for a while or until unlocked.
     Lock {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         #[command(flatten)]
         term: Term,
@@ -138,14 +138,14 @@ pub enum SenderCommand {
     },
     /// Lift KEY's lock.
     Unlock {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         #[command(flatten)]
         why: Reason,
     },
     /// Forget KEY's counts (and rotation history).
     Reset {
-        /// Sender key: auth:LOGIN, vhost:NAME or ip:ADDRESS.
+        /// Sender key: auth:LOGIN, vhost:NAME, user:NAME, uid:N or ip:ADDRESS.
         key: String,
         #[command(flatten)]
         why: Reason,

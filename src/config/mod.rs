@@ -20,6 +20,7 @@ mod types;
 mod validate;
 mod validate_limits;
 mod validate_listeners;
+mod validate_socket;
 mod validate_vhosts;
 
 use std::path::{Path, PathBuf};

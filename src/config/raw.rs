@@ -100,6 +100,9 @@ pub(super) struct RawTimeouts {
 pub(super) struct RawListener {
     pub name: Option<String>,
     pub bind: Option<String>,
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<String>,
+    pub socket_group: Option<String>,
     pub tls: Option<String>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -140,6 +143,8 @@ pub(super) struct RawLimits {
     pub exempt_users: Vec<String>,
     #[serde(default)]
     pub exempt_vhosts: Vec<String>,
+    #[serde(default)]
+    pub exempt_local_users: Vec<String>,
     #[serde(default)]
     pub exempt_networks: Vec<String>,
     pub rotation: Option<String>,

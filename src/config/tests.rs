@@ -124,7 +124,7 @@ fn example_file_loads() {
         .map(|l| {
             (
                 l.name.as_str(),
-                l.bind,
+                l.bind.tcp().expect("TCP"),
                 l.tls,
                 l.certs.len(),
                 l.upstream.clone(),

@@ -181,7 +181,8 @@ fn sections_default_when_absent_or_empty() {
             [
                 IdentitySource::Auth,
                 IdentitySource::Vhost,
-                IdentitySource::Ip
+                IdentitySource::User,
+                IdentitySource::Ip,
             ]
         );
         assert_eq!(l.ipv6_prefix, 64);
@@ -357,11 +358,11 @@ fn bad_limits_values() {
         ),
         (
             "identity = []",
-            "limits.identity: must not be empty; list one or more of \"auth\", \"vhost\", \"ip\"",
+            "limits.identity: must not be empty; list one or more of \"auth\", \"vhost\", \"user\", \"ip\"",
         ),
         (
-            "identity = [\"auth\", \"user\"]",
-            "limits.identity[1]: \"user\" is not allowed; use one of \"auth\", \"vhost\", \"ip\"",
+            "identity = [\"auth\", \"uid\"]",
+            "limits.identity[1]: \"uid\" is not allowed; use one of \"auth\", \"vhost\", \"user\", \"ip\"",
         ),
         (
             "identity = [\"ip\", \"auth\", \"ip\"]",
@@ -519,7 +520,7 @@ fn several_policy_errors_are_reported_together() {
              of them, or \"unlimited\"",
             "limits.action: \"drop\" is not allowed",
             "limits.identity[1]: \"auth\" is listed twice",
-            "limits.override[#1].key: \"customer:42\" does not start with auth:, vhost: or ip:",
+            "limits.override[#1].key: \"customer:42\" does not start with auth:, vhost:, user:, uid: or ip:",
             "limits.exempt_vhosts[0]: \"ghost\" is not the name of any [[vhost]]",
             "limits.lock_duration: \"never\" is not a duration",
             "vhost[shop].users[0]: no user \"mailbrake-no-such-user\" on this system",

@@ -53,7 +53,7 @@ fn ipv6_bind_and_upstream() {
     let l = listener_ok(&one_listener(
         "name = \"v6\"\nbind = \"[::]:2587\"\nupstream = \"[::1]:10025\"",
     ));
-    assert_eq!(l.bind, addr("[::]:2587"));
+    assert_eq!(l.bind, Bind::Tcp(addr("[::]:2587")));
     assert_eq!(l.upstream, fixed("::1", 10025));
 
     let e = error(&one_listener(
@@ -276,5 +276,97 @@ fn upstream_tls_options_need_upstream_tls() {
     assert!(
         e.starts_with("listener[l].upstream_tls_name: \"not a name\" is neither"),
         "{e}"
+    );
+}
+
+// === Unix socket listeners ===
+
+#[test]
+fn a_unix_socket_listener_and_its_file() {
+    let l = listener_ok(&one_listener(
+        "name = \"sendmail\"\nbind = \"unix:/run/mailbrake/submit.sock\"\nupstream = \"127.0.0.1:25\"",
+    ));
+    let want = UnixBind {
+        path: "/run/mailbrake/submit.sock".into(),
+        mode: 0o666,
+        owner: None,
+        group: None,
+    };
+    assert_eq!(l.bind, Bind::Unix(want.clone()));
+    assert_eq!(l.bind.to_string(), "unix:/run/mailbrake/submit.sock");
+    assert_eq!(l.bind.tcp(), None);
+
+    let l = listener_ok(&one_listener(
+        "name = \"sendmail\"\nbind = \"unix:/run/mailbrake/submit.sock\"\n\
+         socket_mode = \"0660\"\nsocket_owner = \"root\"\nsocket_group = \"root\"\n\
+         upstream = \"127.0.0.1:25\"",
+    ));
+    let want = UnixBind {
+        mode: 0o660,
+        owner: Some("root".into()),
+        group: Some("root".into()),
+        ..want
+    };
+    assert_eq!(l.bind, Bind::Unix(want));
+}
+
+#[test]
+fn what_a_unix_socket_listener_cannot_be_asked() {
+    let unix = "name = \"s\"\nbind = \"unix:/run/mb.sock\"\n";
+    let files = Files::new();
+    let tls =
+        files.rebase("tls = \"starttls\"\ncert = \"certs/mail.pem\"\nkey = \"certs/mail.key\"");
+    for (fields, want) in [
+        (
+            "name = \"s\"\nbind = \"unix:run/mb.sock\"\nupstream = \"127.0.0.1:25\"".to_owned(),
+            "listener[s].bind: \"unix:run/mb.sock\" needs an absolute path to the socket file",
+        ),
+        (
+            "name = \"s\"\nbind = \"127.0.0.1:2525\"\nsocket_mode = \"0600\"\nupstream = \"127.0.0.1:25\""
+                .to_owned(),
+            "listener[s].socket_mode: only a Unix socket listener (bind = \"unix:PATH\") has a socket file",
+        ),
+        (
+            format!("{unix}socket_mode = \"rw-\"\nupstream = \"127.0.0.1:25\""),
+            "listener[s].socket_mode: \"rw-\" is not a file mode; write octal digits",
+        ),
+        (
+            format!("{unix}socket_mode = \"1777\"\nupstream = \"127.0.0.1:25\""),
+            "listener[s].socket_mode: \"1777\" is not a file mode",
+        ),
+        (
+            format!("{unix}socket_group = \"no-such-group-here\"\nupstream = \"127.0.0.1:25\""),
+            "listener[s].socket_group: no group \"no-such-group-here\" on this system",
+        ),
+        (
+            format!("{unix}socket_owner = \"no-such-user-here\"\nupstream = \"127.0.0.1:25\""),
+            "listener[s].socket_owner: no user \"no-such-user-here\" on this system",
+        ),
+        (
+            format!("{unix}{tls}\nupstream = \"127.0.0.1:25\""),
+            "listener[s].tls: a Unix socket listener takes no TLS",
+        ),
+        (
+            format!("{unix}proxy_protocol_trusted = [\"127.0.0.1\"]\nupstream = \"127.0.0.1:25\""),
+            "listener[s].proxy_protocol_trusted: a Unix socket's clients are named by the kernel",
+        ),
+        (
+            format!("{unix}upstream = \"original-destination\""),
+            "listener[s].upstream: a Unix socket's connections were not REDIRECTed",
+        ),
+    ] {
+        let e = error(&one_listener(&fields));
+        assert!(e.starts_with(want), "{fields}\ngot  {e:?}\nwant {want:?}…");
+    }
+    // Two listeners on one socket file.
+    let two = format!(
+        "{}{}",
+        one_listener(&format!("{unix}upstream = \"127.0.0.1:25\"")),
+        one_listener("name = \"t\"\nbind = \"unix:/run/mb.sock\"\nupstream = \"127.0.0.1:25\"")
+    );
+    assert_eq!(
+        error(&two),
+        "listener[t].bind: unix:/run/mb.sock is already the address of listener[s]; addresses \
+         must be unique"
     );
 }

@@ -36,20 +36,31 @@ fn override_keys() {
 
 #[test]
 fn bad_override_keys() {
-    let form = "write \"auth:LOGIN\", \"vhost:NAME\" or \"ip:ADDRESS\" (or a network, e.g. \
-                \"ip:2001:db8::/64\")";
+    let form = "write \"auth:LOGIN\", \"vhost:NAME\", \"user:UNIX-USER\", \"uid:N\" or \
+                \"ip:ADDRESS\" (or a network, e.g. \"ip:2001:db8::/64\")";
     for (key, want) in [
         (
             "lists@example.net",
             format!("\"lists@example.net\" is not a sender key; {form}"),
         ),
         (
-            "user:alice",
-            format!("\"user:alice\" does not start with auth:, vhost: or ip:; {form}"),
+            "group:staff",
+            format!(
+                "\"group:staff\" does not start with auth:, vhost:, user:, uid: or ip:; {form}"
+            ),
         ),
         (
             "AUTH:alice",
-            format!("\"AUTH:alice\" does not start with auth:, vhost: or ip:; {form}"),
+            format!("\"AUTH:alice\" does not start with auth:, vhost:, user:, uid: or ip:; {form}"),
+        ),
+        (
+            "uid:alice",
+            "\"alice\" after \"uid:\" is not a number from 0 to 4294967295".to_owned(),
+        ),
+        (
+            "user:two words",
+            "\"two words\" is not a Unix user name (printable, no ':' or spaces, not empty)"
+                .to_owned(),
         ),
         (
             "auth:",

@@ -198,11 +198,51 @@ pub struct CertPair {
     pub key: PathBuf,
 }
 
+/// Where a listener takes connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    /// `unix:PATH`: local clients, known by their peer credentials.
+    Unix(UnixBind),
+}
+
+/// A Unix socket listener's file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnixBind {
+    /// Absolute.
+    pub path: PathBuf,
+    /// Permission bits of the socket file. Default 0o666: every local user
+    /// may submit, each counted as itself.
+    pub mode: u32,
+    /// Owner and group of the socket file; mailbrake's own when absent.
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+impl Bind {
+    /// The TCP address, for a TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Bind::Tcp(addr) => Some(*addr),
+            Bind::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Bind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Tcp(addr) => addr.fmt(f),
+            Bind::Unix(u) => write!(f, "unix:{}", u.path.display()),
+        }
+    }
+}
+
 /// One `[[listener]]`.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub name: String,
-    pub bind: SocketAddr,
+    pub bind: Bind,
     pub tls: ClientTls,
     /// The first pair is the default when the client sends no (or an unknown) SNI name;
     /// the others are chosen by the DNS names in their certificates. Empty when `tls = "none"`.
@@ -279,6 +319,9 @@ pub enum LimitAction {
 pub enum IdentitySource {
     Auth,
     Vhost,
+    /// The local Unix user of the client: a Unix socket's peer, or the
+    /// owner of a local TCP connection.
+    User,
     Ip,
 }
 
@@ -288,7 +331,7 @@ pub struct LimitsConfig {
     /// The limit of every key without an override. Default `12/1h`.
     pub default: Limit,
     pub action: LimitAction,
-    /// Default auth, vhost, ip.
+    /// Default auth, vhost, user, ip.
     pub identity: Vec<IdentitySource>,
     /// IPv6 sources are grouped by this prefix length. Default 64.
     pub ipv6_prefix: u8,
@@ -298,6 +341,8 @@ pub struct LimitsConfig {
     pub exempt_users: Vec<String>,
     /// Vhost names never limited.
     pub exempt_vhosts: Vec<String>,
+    /// Local Unix user names never limited.
+    pub exempt_local_users: Vec<String>,
     /// Client networks never limited (whatever the key).
     pub exempt_networks: Vec<IpNet>,
     /// Distinct MAIL FROM addresses per key allowed in a window; `None` = off.
@@ -357,12 +402,14 @@ impl Default for LimitsConfig {
             identity: vec![
                 IdentitySource::Auth,
                 IdentitySource::Vhost,
+                IdentitySource::User,
                 IdentitySource::Ip,
             ],
             ipv6_prefix: 64,
             overrides: Vec::new(),
             exempt_users: Vec::new(),
             exempt_vhosts: Vec::new(),
+            exempt_local_users: Vec::new(),
             exempt_networks: Vec::new(),
             rotation: Some(Rate {
                 count: 20,

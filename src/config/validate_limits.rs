@@ -45,8 +45,8 @@ const LIMIT_ALTERNATIVES: &str = ", a list of them, or \"unlimited\"";
 /// What else a rotation or protection rate may be, appended to [`RATE_FORM`].
 const OFF_ALTERNATIVE: &str = ", or \"off\"";
 /// How a sender key is written, for messages.
-const KEY_FORM: &str = "write \"auth:LOGIN\", \"vhost:NAME\" or \"ip:ADDRESS\" \
-                        (or a network, e.g. \"ip:2001:db8::/64\")";
+const KEY_FORM: &str = "write \"auth:LOGIN\", \"vhost:NAME\", \"user:UNIX-USER\", \"uid:N\" \
+                        or \"ip:ADDRESS\" (or a network, e.g. \"ip:2001:db8::/64\")";
 /// Which characters a vhost name may use.
 pub(super) const NAME_FORM: &str = "use letters, digits, '-', '_' and '.', e.g. \"shop-42\"";
 
@@ -58,6 +58,7 @@ const ACTIONS: &[(&str, LimitAction)] = &[
 const IDENTITY_SOURCES: &[(&str, IdentitySource)] = &[
     ("auth", IdentitySource::Auth),
     ("vhost", IdentitySource::Vhost),
+    ("user", IdentitySource::User),
     ("ip", IdentitySource::Ip),
 ];
 
@@ -216,6 +217,12 @@ fn limits_section(
     let exempt_vhosts = each(p, "limits.exempt_vhosts", raw.exempt_vhosts, |name| {
         vhost_reference(&name, vhost_names).map(|()| name)
     });
+    let exempt_local_users = each(
+        p,
+        "limits.exempt_local_users",
+        raw.exempt_local_users,
+        |name| local_user(&name).map(|()| name),
+    );
     let exempt_networks = each(p, "limits.exempt_networks", raw.exempt_networks, |net| {
         network(&net)
     });
@@ -258,6 +265,7 @@ fn limits_section(
         overrides: overrides?,
         exempt_users: exempt_users?,
         exempt_vhosts: exempt_vhosts?,
+        exempt_local_users: exempt_local_users?,
         exempt_networks: exempt_networks?,
         rotation: rotation?,
         lock_after_refusals: lock_after_refusals?,
@@ -312,7 +320,7 @@ fn identity(p: &mut Problems, words: Vec<String>) -> Option<Vec<IdentitySource>>
     if words.is_empty() {
         p.add(
             "limits.identity",
-            "must not be empty; list one or more of \"auth\", \"vhost\", \"ip\"",
+            "must not be empty; list one or more of \"auth\", \"vhost\", \"user\", \"ip\"",
         );
         return None;
     }
@@ -396,9 +404,9 @@ fn sender_key(text: &str, vhost_names: &HashSet<String>) -> Result<String, Strin
     let Some((kind, rest)) = text.split_once(':') else {
         return Err(format!("\"{text}\" is not a sender key; {KEY_FORM}"));
     };
-    if !matches!(kind, "auth" | "vhost" | "ip") {
+    if !matches!(kind, "auth" | "vhost" | "user" | "uid" | "ip") {
         return Err(format!(
-            "\"{text}\" does not start with auth:, vhost: or ip:; {KEY_FORM}"
+            "\"{text}\" does not start with auth:, vhost:, user:, uid: or ip:; {KEY_FORM}"
         ));
     }
     if rest.is_empty() {
@@ -409,7 +417,30 @@ fn sender_key(text: &str, vhost_names: &HashSet<String>) -> Result<String, Strin
     match kind {
         "vhost" => vhost_reference(rest, vhost_names).map(|()| text.to_owned()),
         "ip" => ip_key(rest).map(|canonical| format!("ip:{canonical}")),
+        "user" => local_user(rest).map(|()| text.to_owned()),
+        "uid" => match rest.parse::<u32>() {
+            Ok(uid) => Ok(format!("uid:{uid}")),
+            Err(_) => Err(format!(
+                "\"{rest}\" after \"uid:\" is not a number from 0 to {}",
+                u32::MAX
+            )),
+        },
         _ => Ok(text.to_owned()),
+    }
+}
+
+/// A local Unix user's name, as a key or an exemption names it. Whether the
+/// user exists is not checked: a site may be added after the file is written.
+fn local_user(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "\"{name}\" is not a Unix user name (printable, no ':' or spaces, not empty)"
+        ))
     }
 }
 

@@ -11,11 +11,9 @@ use rustls::pki_types::ServerName;
 
 use super::raw::{RawCertPair, RawListener};
 use super::types::{
-    CertPair, ClientTls, ListenerConfig, ProxyVersion, UpstreamTarget, UpstreamTls,
+    Bind, CertPair, ClientTls, ListenerConfig, ProxyVersion, UpstreamTarget, UpstreamTls,
 };
-use super::validate::{
-    Problems, check, choice, count, hostname, network, readable_file, required, socket_addr,
-};
+use super::validate::{Problems, check, choice, count, hostname, network, readable_file, required};
 
 /// Default `listener.max_sessions`.
 const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
@@ -117,13 +115,18 @@ fn listener(
 ) -> Option<ListenerConfig> {
     let key = |field: &str| format!("{label}.{field}");
 
+    let socket = super::validate_socket::SocketFile {
+        mode: raw.socket_mode,
+        owner: raw.socket_owner,
+        group: raw.socket_group,
+    };
     let bind = required(
         p,
         key("bind"),
         raw.bind,
-        "e.g. \"0.0.0.0:587\" or \"[::]:587\"",
+        "e.g. \"0.0.0.0:587\", \"[::]:587\" or \"unix:/run/mailbrake/submit.sock\"",
     )
-    .and_then(|s| socket_addr(p, key("bind"), &s));
+    .and_then(|s| super::validate_socket::bind(p, label, &s, socket));
 
     let tls = choice(p, key("tls"), raw.tls, ClientTls::None, CLIENT_TLS);
     let certs = match tls {
@@ -208,7 +211,7 @@ fn listener(
         "concurrent sessions",
     );
 
-    Some(ListenerConfig {
+    let listener = ListenerConfig {
         name: name?,
         bind: bind?,
         tls: tls?,
@@ -223,7 +226,8 @@ fn listener(
         xclient: raw.xclient.unwrap_or(false),
         proxy_protocol_trusted: proxy_protocol_trusted?,
         max_sessions: max_sessions?,
-    })
+    };
+    super::validate_socket::unix_fits(p, label, &listener).then_some(listener)
 }
 
 /// The listener's certificates, `cert`/`key` first, then `extra_certs` in order.
@@ -291,13 +295,13 @@ fn certs(
 
 /// Checks that need every listener: unique binds, admin clash, self-loops.
 fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: Option<SocketAddr>) {
-    let mut binds: HashMap<SocketAddr, &str> = HashMap::new();
+    let mut binds: HashMap<&Bind, &str> = HashMap::new();
     for (label, l) in all {
         // Port 0 asks the kernel for a fresh port each time: never a clash.
-        if l.bind.port() == 0 {
+        if l.bind.tcp().is_some_and(|a| a.port() == 0) {
             continue;
         }
-        if Some(l.bind) == admin_bind {
+        if l.bind.tcp().is_some() && l.bind.tcp() == admin_bind {
             p.add(
                 format!("{label}.bind"),
                 format!("{} is also admin.bind; use another address", l.bind),
@@ -312,7 +316,7 @@ fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: O
                 ),
             );
         } else {
-            binds.insert(l.bind, label);
+            binds.insert(&l.bind, label);
         }
     }
     for (label, l) in all {
@@ -323,7 +327,9 @@ fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: O
             continue;
         };
         let looped = all.iter().find(|(_, other)| {
-            let bind = other.bind;
+            let Some(bind) = other.bind.tcp() else {
+                return false;
+            };
             bind.port() == *port
                 && (bind.ip() == ip || (bind.ip().is_unspecified() && ip.is_loopback()))
         });

@@ -34,9 +34,14 @@ impl Vhosts {
         !self.uids.is_empty()
     }
 
+    /// The vhost that lists Unix user `uid`.
+    pub fn by_owner(&self, uid: u32) -> Option<&str> {
+        self.uids.get(&uid).map(String::as_str)
+    }
+
     /// The vhost of a client: by socket owner first (most precise), then by network.
     pub fn find(&self, client: ClientAddr, uid: Option<u32>) -> Option<&str> {
-        if let Some(name) = uid.and_then(|u| self.uids.get(&u)) {
+        if let Some(name) = uid.and_then(|u| self.by_owner(u)) {
             return Some(name);
         }
         self.networks

@@ -1,5 +1,6 @@
 //! Sender keys: who is sending, as one typed value written in every log line
-//! and refusal (`auth:alice@example.com`, `vhost:shop-42`, `ip:192.0.2.7`),
+//! and refusal (`auth:alice@example.com`, `vhost:shop-42`, `user:site7`,
+//! `uid:1234`, `ip:192.0.2.7`),
 //! the key type of the limits. Which key a session has is decided in
 //! [`crate::identity`].
 
@@ -18,6 +19,10 @@ use crate::identity::normalize_ip;
 pub enum KeyClass {
     Auth,
     Vhost,
+    /// A local Unix user, by name.
+    User,
+    /// A local uid with no name in the user database.
+    Uid,
     Ip,
 }
 
@@ -26,6 +31,8 @@ impl KeyClass {
         match self {
             KeyClass::Auth => "auth",
             KeyClass::Vhost => "vhost",
+            KeyClass::User => "user",
+            KeyClass::Uid => "uid",
             KeyClass::Ip => "ip",
         }
     }
@@ -35,7 +42,8 @@ impl KeyClass {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SenderKey {
     class: KeyClass,
-    /// The part after the colon: a username, a vhost name, or an address
+    /// The part after the colon: a username, a vhost name, a Unix user's
+    /// name or uid, or an address
     /// (an IPv6 address grouped to its prefix, written as `2001:db8::/64`).
     name: Arc<str>,
 }
@@ -52,6 +60,23 @@ impl SenderKey {
         SenderKey {
             class: KeyClass::Vhost,
             name: name.into(),
+        }
+    }
+
+    /// A local Unix user, known by name (names are kept as the user
+    /// database spells them: Unix names are case-sensitive).
+    pub fn user(name: &str) -> Self {
+        SenderKey {
+            class: KeyClass::User,
+            name: name.into(),
+        }
+    }
+
+    /// A local uid that has no name.
+    pub fn uid(uid: u32) -> Self {
+        SenderKey {
+            class: KeyClass::Uid,
+            name: uid.to_string().into(),
         }
     }
 
@@ -81,6 +106,8 @@ impl SenderKey {
         match class {
             "auth" => Some(SenderKey::auth(name)),
             "vhost" => Some(SenderKey::vhost(name)),
+            "user" => Some(SenderKey::user(name)),
+            "uid" => name.parse().ok().map(SenderKey::uid),
             // Written as the engine writes it, whatever the spelling.
             "ip" => match (name.parse::<IpAddr>(), name.parse::<IpNet>()) {
                 (Ok(addr), _) => Some(SenderKey::ip(normalize_ip(addr), 128)),
@@ -121,6 +148,8 @@ mod tests {
                 "auth:alice@example.com",
             ),
             (SenderKey::vhost("shop-42"), "vhost:shop-42"),
+            (SenderKey::user("Site7"), "user:Site7"),
+            (SenderKey::uid(1234), "uid:1234"),
             (
                 SenderKey::ip("192.0.2.7".parse().unwrap(), 64),
                 "ip:192.0.2.7",
@@ -142,7 +171,9 @@ mod tests {
             assert_eq!(key.to_string(), text);
             assert_eq!(SenderKey::parse(text), Some(key));
         }
-        assert_eq!(SenderKey::parse("user:x"), None);
+        assert_eq!(SenderKey::parse("group:x"), None);
+        assert_eq!(SenderKey::parse("uid:alice"), None);
+        assert_eq!(SenderKey::parse("uid:-1"), None);
         assert_eq!(SenderKey::parse("ip:not-an-address"), None);
         assert_eq!(
             SenderKey::parse("ip:2001:DB8:0:0:1::/64"),

@@ -40,6 +40,7 @@ pub struct Policy {
     net_overrides: Vec<(IpNet, Limit)>,
     exempt_users: Vec<SenderKey>,
     exempt_vhosts: Vec<SenderKey>,
+    exempt_local_users: Vec<SenderKey>,
     exempt_networks: Vec<IpNet>,
     pub rotation: Option<Rate>,
     pub lock_after_refusals: Option<u32>,
@@ -110,6 +111,11 @@ impl Policy {
                 .iter()
                 .map(|v| SenderKey::vhost(v))
                 .collect(),
+            exempt_local_users: cfg
+                .exempt_local_users
+                .iter()
+                .map(|u| SenderKey::user(u))
+                .collect(),
             exempt_networks: cfg.exempt_networks.clone(),
             rotation: cfg.rotation,
             lock_after_refusals: cfg.lock_after_refusals,
@@ -178,7 +184,8 @@ impl Policy {
         let exempt = match key.class() {
             KeyClass::Auth => self.exempt_users.contains(key),
             KeyClass::Vhost => self.exempt_vhosts.contains(key),
-            KeyClass::Ip => false,
+            KeyClass::User => self.exempt_local_users.contains(key),
+            KeyClass::Uid | KeyClass::Ip => false,
         } || client
             .is_some_and(|ip| self.exempt_networks.iter().any(|n| n.contains(&ip)));
         if exempt {

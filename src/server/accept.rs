@@ -1,12 +1,15 @@
-//! One session thread's accept loop: the connection rate and session
-//! limits (refused with a reply, never silently dropped), session ids, and a
-//! pause while accepts fail (out of descriptors) instead of a spin.
+//! One session thread's accept loop, on a TCP or a Unix socket: the
+//! connection rate (per client address; a Unix socket's clients have none,
+//! and are held by `max_sessions` and their own recipient limits) and session
+//! limits (refused with a reply, never silently dropped), session ids, a Unix
+//! client's peer credentials read at accept, and a pause while accepts fail
+//! (out of descriptors) instead of a spin.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -14,8 +17,41 @@ use tracing::Instrument;
 
 use super::{ListenerRuntime, Services, connection, current};
 use crate::driver::DriverEnv;
-use crate::identity::ClientAddr;
+use crate::identity::{ClientAddr, PeerCred};
 use crate::session::Failure;
+
+/// One session thread's listening socket.
+pub(super) enum Socket {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// One accepted connection and who is at the other end.
+enum Accepted {
+    Tcp(TcpStream, std::net::SocketAddr),
+    Unix(UnixStream, PeerCred),
+}
+
+impl Socket {
+    /// `bound`, registered with this thread's runtime.
+    pub(super) fn register(bound: crate::listen::Bound) -> std::io::Result<Self> {
+        match bound {
+            crate::listen::Bound::Tcp(l) => TcpListener::from_std(l).map(Socket::Tcp),
+            crate::listen::Bound::Unix(l) => UnixListener::from_std(l).map(Socket::Unix),
+        }
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Socket::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+            Socket::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                let cred = PeerCred::of(&s)?;
+                Ok(Accepted::Unix(s, cred))
+            }
+        }
+    }
+}
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -28,7 +64,7 @@ fn session_id() -> String {
 /// Accepts on one session thread's socket of a listener until `accepting`
 /// is cancelled; each session runs on this thread.
 pub(super) async fn accept_loop(
-    listener: TcpListener,
+    listener: Socket,
     rx: watch::Receiver<Arc<ListenerRuntime>>,
     accepting: CancellationToken,
     stop: CancellationToken,
@@ -46,7 +82,7 @@ pub(super) async fn accept_loop(
             _ = accepting.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let accepted = match accepted {
             Ok(a) => {
                 if let Some((_, failures)) = failing_since.take() {
                     tracing::info!(failures, "accepting again");
@@ -73,12 +109,20 @@ pub(super) async fn accept_loop(
         };
         let rt = rx.borrow().clone();
         let protect = current(&services.protect);
-        if !protect.allow_connection(ClientAddr::new(peer)) {
+        let client = match &accepted {
+            Accepted::Tcp(_, peer) => peer.to_string(),
+            Accepted::Unix(_, cred) => cred.to_string(),
+        };
+        let too_fast = match &accepted {
+            Accepted::Tcp(_, peer) => !protect.allow_connection(ClientAddr::new(*peer)),
+            Accepted::Unix(..) => false,
+        };
+        if too_fast {
             rt.metrics.refused_connection_rate.increment(1);
             let host = rt.session.hostname.clone();
-            let span = tracing::error_span!("session", listener = %rt.cfg.name, client = %peer);
+            let span = tracing::error_span!("session", listener = %rt.cfg.name, %client);
             tokio::spawn(
-                async move { refuse(stream, &Failure::ConnectionRate, &host).await }
+                async move { refuse(accepted, &Failure::ConnectionRate, &host).await }
                     .instrument(span),
             );
             continue;
@@ -95,7 +139,7 @@ pub(super) async fn accept_loop(
             "session",
             id = %session_id(),
             listener = %rt.cfg.name,
-            client = %peer,
+            %client,
             sender = tracing::field::Empty,
             tls = tracing::field::Empty
         );
@@ -114,14 +158,29 @@ pub(super) async fn accept_loop(
                     Some(p) => p,
                     None => {
                         let max = rt.cfg.max_sessions.get();
-                        refuse(stream, &Failure::TooManySessions(max), &rt.session.hostname).await;
+                        let f = Failure::TooManySessions(max);
+                        refuse(accepted, &f, &rt.session.hostname).await;
                         return;
                     }
                 };
                 let started = crate::clock::now();
                 let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
                 active.fetch_add(1, Ordering::Relaxed);
-                connection::serve(stream, peer, rt, env, limiter, protect, fleet).await;
+                let shared = connection::Shared {
+                    rt,
+                    env,
+                    limiter,
+                    protect,
+                    fleet,
+                };
+                match accepted {
+                    Accepted::Tcp(stream, peer) => {
+                        connection::serve_tcp(stream, peer, shared).await
+                    }
+                    Accepted::Unix(stream, cred) => {
+                        connection::serve_unix(stream, cred, shared).await
+                    }
+                }
                 active.fetch_sub(1, Ordering::Relaxed);
                 metrics
                     .session_seconds
@@ -132,8 +191,16 @@ pub(super) async fn accept_loop(
     }
 }
 
+/// Writes a failure's reply to a connection not yet served, and closes.
+async fn refuse(accepted: Accepted, failure: &Failure, host: &str) {
+    match accepted {
+        Accepted::Tcp(stream, _) => refuse_on(stream, failure, host).await,
+        Accepted::Unix(stream, _) => refuse_on(stream, failure, host).await,
+    }
+}
+
 /// Writes a failure's reply and closes.
-pub(super) async fn refuse(mut stream: TcpStream, failure: &Failure, host: &str) {
+pub(super) async fn refuse_on<S: AsyncWrite + Unpin>(mut stream: S, failure: &Failure, host: &str) {
     tracing::warn!(fault = %failure.fault(), "{failure}");
     if let Some(reply) = failure.reply(host) {
         let _ = stream.write_all(&reply).await;

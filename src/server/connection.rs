@@ -1,19 +1,20 @@
-//! One accepted connection, from first byte to close: the inbound PROXY
-//! header (trusted peers only), the upstream it goes to, who the client is
-//! (asked of [`crate::identity`] once), implicit TLS on both legs, dialling
-//! the upstream and its PROXY header, then the driver.
+//! One accepted connection, from first byte to close: for TCP, the inbound
+//! PROXY header (trusted peers only) and the upstream it goes to; for a Unix
+//! socket, the peer credentials read at accept; then, for both, who the
+//! client is (asked of [`crate::identity`] once), implicit TLS on both legs,
+//! dialling the upstream and its PROXY header, and the driver.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
 use super::ListenerRuntime;
-use super::accept::refuse;
+use super::accept::refuse_on;
 use crate::config::{ClientTls, UpstreamTarget, UpstreamTls};
 use crate::driver::{self, DriverEnv};
-use crate::identity::{ClientAddr, Connection, DialledAddr};
+use crate::identity::{ClientAddr, Connection, DialledAddr, PeerCred};
 use crate::leg::Leg;
 use crate::limits::Limiter;
 use crate::limits::enforce::Enforcer;
@@ -63,17 +64,18 @@ async fn read_proxy_header(
     }
 }
 
-/// One accepted connection, from first byte to close.
-pub(super) async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    rt: Arc<ListenerRuntime>,
-    mut env: DriverEnv,
-    limiter: Arc<Limiter>,
-    protect: Arc<Protect>,
-    fleet: Option<Arc<FleetLink>>,
-) {
-    let started = crate::clock::now();
+/// What a session takes from its listener and from the whole process.
+pub(super) struct Shared {
+    pub rt: Arc<ListenerRuntime>,
+    pub env: DriverEnv,
+    pub limiter: Arc<Limiter>,
+    pub protect: Arc<Protect>,
+    pub fleet: Option<Arc<FleetLink>>,
+}
+
+/// One accepted TCP connection, from first byte to close.
+pub(super) async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, shared: Shared) {
+    let rt = shared.rt.clone();
     let _ = stream.set_nodelay(true);
     let local = match stream.local_addr() {
         Ok(a) => a,
@@ -104,7 +106,7 @@ pub(super) async fn serve(
         Ok(d) => d,
         Err(f) => {
             rt.metrics.upstream_unreachable.increment(1);
-            return refuse(stream, &f, &rt.session.hostname).await;
+            return refuse_on(stream, &f, &rt.session.hostname).await;
         }
     };
     if let upstream::Destination::Addr(a) = &dest
@@ -117,13 +119,53 @@ pub(super) async fn serve(
         client,
         dialled,
         proxied,
+        peer: None,
     };
+    relay(stream, connection, dest, local, shared).await;
+}
+
+/// One accepted Unix socket connection: its client is its peer's
+/// credentials; its upstream is the listener's own.
+pub(super) async fn serve_unix(stream: UnixStream, cred: PeerCred, shared: Shared) {
+    let connection = Connection::unix(cred);
+    let dest = match &shared.rt.cfg.upstream {
+        UpstreamTarget::Fixed { host, port } => upstream::Destination::Host {
+            host: host.clone(),
+            port: *port,
+        },
+        // Refused by the configuration's validation.
+        UpstreamTarget::OriginalDestination => return,
+    };
+    let local = connection.dialled.0;
+    relay(stream, connection, dest, local, shared).await;
+}
+
+/// From who the client is to the end of the session, for either kind of
+/// socket. `local` is the address the client reached, for loop detection.
+async fn relay<S>(
+    stream: S,
+    connection: Connection,
+    dest: upstream::Destination,
+    local: SocketAddr,
+    shared: Shared,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let started = crate::clock::now();
+    let Shared {
+        rt,
+        mut env,
+        limiter,
+        protect,
+        fleet,
+    } = shared;
+    let (client, dialled) = (connection.client, connection.dialled);
     let identity = match rt.identity.identify(connection).await {
         Ok(identity) => identity,
         Err(own) => {
             rt.metrics.upstream_loop.increment(1);
             let f = Failure::UpstreamLoop(own.to_string());
-            return refuse(stream, &f, &rt.session.hostname).await;
+            return refuse_on(stream, &f, &rt.session.hostname).await;
         }
     };
     let mut policy = Enforcer::new(limiter, protect, identity, fleet);
@@ -209,8 +251,8 @@ pub(super) async fn serve(
 }
 
 /// The upstream could not be reached: tell the client and close.
-async fn finish_early(
-    mut client: Leg<TcpStream>,
+async fn finish_early<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: Leg<S>,
     failure: &Failure,
     host: &str,
     metrics: &m::ListenerMetrics,

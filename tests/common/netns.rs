@@ -7,18 +7,27 @@ use std::process::Command;
 use super::Mailbrake;
 use super::upstream::{Opts, Upstream};
 
-/// `config/transparent.toml` as shipped, with the state directory moved to
-/// `state` and `extra` (e.g. `[[vhost]]` tables) appended.
+/// `config/transparent.toml` as shipped, with the state directory and the
+/// sendmail socket moved into `state` and `extra` (e.g. `[[vhost]]` tables)
+/// appended.
 pub fn shipped_transparent(state: &Path, extra: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/transparent.toml");
     let shipped = std::fs::read_to_string(&path).unwrap();
     let dir = "dir = \"/var/lib/mailbrake\"";
-    assert_eq!(
-        shipped.matches(dir).count(),
-        1,
-        "config/transparent.toml: expected one `{dir}`"
-    );
-    shipped.replace(dir, &format!("dir = {state:?}")) + "\n" + extra
+    let socket = "unix:/run/mailbrake/submit.sock";
+    for text in [dir, socket] {
+        assert_eq!(
+            shipped.matches(text).count(),
+            1,
+            "config/transparent.toml: expected one `{text}`"
+        );
+    }
+    let moved = format!("unix:{}", state.join("submit.sock").display());
+    shipped
+        .replace(dir, &format!("dir = {state:?}"))
+        .replace(socket, &moved)
+        + "\n"
+        + extra
 }
 
 /// A network namespace, deleted on drop.
