@@ -9,16 +9,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::local::*;
 use common::netns::require_root_and;
 use common::upstream::{Opts, Upstream};
 use common::*;
-
-/// Debian's `nobody`, who has a name; and a uid nobody has.
-const NOBODY: u32 = 65534;
-const NAMELESS: u32 = 54321;
 
 /// A raw SMTP client over a Unix socket, as `uid`: sends each command of
 /// `commands` (a `.` alone sends a small message body and its final dot) and
@@ -47,10 +43,8 @@ for c in sys.argv[2:]:
     f.flush()
     print(reply())
 ";
-    let out = Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .args(["--clear-groups", "/usr/bin/python3", "-c", script])
+    let out = as_user(uid, "/usr/bin/python3")
+        .args(["-c", script])
         .arg(socket)
         .args(commands)
         .output()
@@ -66,22 +60,13 @@ for c in sys.argv[2:]:
         .collect()
 }
 
-/// A directory every user may enter, holding the socket.
-fn open_dir(mb_dir: &Path) -> PathBuf {
-    let dir = mb_dir.join("run");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::set_permissions(mb_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 fn config(state: &Path, socket: &Path, up: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        "[server]\nhostname = \"mb.test\"\n[state]\ndir = {:?}\n\
-         [limits]\ndefault = \"2/1h\"\nlock_after_refusals = 0\n{extra}\n\
-         [[listener]]\nname = \"sendmail\"\nbind = \"unix:{}\"\nupstream = \"{up}\"\n",
-        state.join("state"),
-        socket.display()
+    socket_config(
+        state,
+        socket,
+        up,
+        &format!("default = \"2/1h\"\nlock_after_refusals = 0\n{extra}"),
+        "",
     )
 }
 
@@ -107,7 +92,7 @@ async fn each_uid_is_its_own_sender_whatever_it_claims() {
     require_root_and("the Unix socket listener test", &["setpriv", "python3"]);
     let mut up = Upstream::start(Opts::default()).await;
     let run = tempfile::tempdir().unwrap();
-    let socket = open_dir(run.path()).join("submit.sock");
+    let socket = open_run_dir(run.path()).join("submit.sock");
     let mut mb = Mailbrake::start(&config(run.path(), &socket, up.addr, ""));
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o666, "the default socket_mode");
@@ -193,7 +178,7 @@ async fn a_vhost_groups_users_and_an_exempt_user_is_not_limited() {
     require_root_and("the Unix socket listener test", &["setpriv", "python3"]);
     let mut up = Upstream::start(Opts::default()).await;
     let run = tempfile::tempdir().unwrap();
-    let socket = open_dir(run.path()).join("submit.sock");
+    let socket = open_run_dir(run.path()).join("submit.sock");
     let extra = format!(
         "exempt_local_users = [\"nobody\"]\n[[vhost]]\nname = \"customer-7\"\nuids = [{NAMELESS}, {}]\n",
         NAMELESS + 1

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod local;
 pub mod netns;
 pub mod redis;
 pub mod upstream;
