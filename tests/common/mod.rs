@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod netns;
+pub mod postfix;
 pub mod redis;
 pub mod upstream;
 
