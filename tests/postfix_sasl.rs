@@ -19,13 +19,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use common::postfix::{Postfix, cannot_run, eventually, require, run};
 use common::*;
 
 const ALICE_PASSWORD: &str = "alice-secret";
@@ -35,177 +36,65 @@ const DOVECOT_MECHANISMS: &str = "plain login digest-md5 cram-md5 anonymous";
 /// What mailbrake may offer of them: the ones it reads a user from.
 const READABLE: [&str; 4] = ["PLAIN", "LOGIN", "DIGEST-MD5", "CRAM-MD5"];
 
-/// Fails the test, saying why it could not run at all.
-#[track_caller]
-fn cannot_run(why: &str) -> ! {
-    panic!("POSTFIX SASL TEST CANNOT RUN: {why}")
-}
-
-/// Runs `program args`, panicking with its output unless it succeeds.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| cannot_run(&format!("{program}: {e}")));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?} failed:\n{text}");
-    text
-}
-
-/// Polls `read` until it returns something (20 s at most): the MTA's logs
-/// and deliveries are written by other processes, in their own time.
-fn eventually<T>(what: &str, mut read: impl FnMut() -> Option<T>, show: impl Fn() -> String) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = read() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("{what} within 20 s; got:\n{}", show());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 // === the MTA: Postfix and Dovecot ===
 
-/// A Postfix instance and its Dovecot auth server, both under one temporary
-/// directory (config, queue, data, logs, deliveries). Dropping it stops
-/// both, also when the test failed halfway.
+/// A Postfix instance with an smtpd on 127.0.0.1 and its Dovecot auth
+/// server, both under one temporary directory (config, queue, data, logs,
+/// deliveries). Dropping it stops both, also when the test failed halfway.
 struct Mta {
-    dir: tempfile::TempDir,
+    postfix: Postfix,
     /// Postfix's smtpd port on 127.0.0.1.
     port: u16,
     dovecot: Option<Child>,
-    postfix_started: bool,
 }
 
 impl Mta {
     fn start() -> Mta {
-        for (tool, package) in [
-            ("/usr/sbin/postfix", "postfix"),
-            ("/usr/sbin/postconf", "postfix"),
-            ("/usr/sbin/dovecot", "dovecot-core"),
-        ] {
-            if !Path::new(tool).is_file() {
-                cannot_run(&format!(
-                    "{tool} is missing (Debian package {package}; .ci/run installs it)"
-                ));
-            }
-        }
-        let uid = run("id", &["-u"]);
-        if uid.trim() != "0" {
-            cannot_run(&format!(
-                "it must run as root (Postfix starts as root), not uid {}",
-                uid.trim()
-            ));
-        }
-        for user in ["postfix", "nobody", "dovecot", "dovenull"] {
-            if !Command::new("id")
-                .arg(user)
-                .output()
-                .unwrap()
-                .status
-                .success()
-            {
-                cannot_run(&format!("no Unix user {user} (the packages create it)"));
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
+        let postfix = Postfix::create();
+        require(
+            &[("/usr/sbin/dovecot", "dovecot-core")],
+            &["dovecot", "dovenull"],
+        );
         let mut mta = Mta {
-            dir,
+            postfix,
             port: free_port(),
             dovecot: None,
-            postfix_started: false,
         };
         mta.write_files();
-        // `postfix check` creates the private queue, where Dovecot's socket goes.
-        run(
-            "/usr/sbin/postfix",
-            &["-c", mta.path("conf").to_str().unwrap(), "check"],
-        );
         mta.start_dovecot();
         mta.start_postfix();
         mta
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.postfix.path(rel)
     }
 
+    /// Postfix's config, with `postfix check` run (it creates the private
+    /// queue, where Dovecot's socket goes), and Dovecot's.
     fn write_files(&self) {
-        let d = self.dir.path().to_str().unwrap();
-        for sub in ["conf", "queue", "data", "log", "mail", "dovecot"] {
+        let d = self.postfix.dir().to_str().unwrap();
+        for sub in ["mail", "dovecot"] {
             std::fs::create_dir_all(self.path(sub)).unwrap();
         }
-        // Postfix's processes run as postfix and nobody: they must reach in.
-        run("chmod", &["0755", d]);
-        run("chown", &["postfix", &format!("{d}/data")]);
         run("chown", &["nobody", &format!("{d}/mail")]);
-        let main = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {d}/queue\n\
-             data_directory = {d}/data\n\
-             maillog_file = {d}/log/postfix.log\n\
-             maillog_file_prefixes = {d}/log\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             myhostname = mx.example.test\n\
-             mydestination = example.test, example.net, localhost\n\
+        let main = "mydestination = example.test, example.net, localhost\n\
              mynetworks = 127.0.0.0/8\n\
-             relayhost =\n\
-             default_transport = error:never relays\n\
-             relay_transport = error:never relays\n\
              defer_transports = smtp\n\
              local_recipient_maps =\n\
-             alias_maps =\n\
-             alias_database =\n\
              local_transport = deliver\n\
              deliver_destination_recipient_limit = 1\n\
              smtpd_sasl_type = dovecot\n\
              smtpd_sasl_path = private/auth\n\
              smtpd_sasl_security_options =\n\
-             smtpd_tls_security_level = none\n\
-             biff = no\n"
-        );
-        std::fs::write(self.path("conf/main.cf"), main).unwrap();
-        let mut master = format!(
-            "127.0.0.1:{} inet n - n - - smtpd\n  -o smtpd_sasl_auth_enable=yes\n",
+             smtpd_tls_security_level = none\n";
+        // One file per delivered recipient, named after it.
+        let master = format!(
+            "127.0.0.1:{} inet n - n - - smtpd\n  -o smtpd_sasl_auth_enable=yes\n\
+             deliver unix - n n - - pipe\n  flags=q user=nobody argv=/bin/sh {d}/deliver.sh ${{recipient}}\n",
             self.port
         );
-        for service in [
-            "pickup unix n - n 60 1 pickup",
-            "cleanup unix n - n - 0 cleanup",
-            "qmgr unix n - n 300 1 qmgr",
-            "rewrite unix - - n - - trivial-rewrite",
-            "bounce unix - - n - 0 bounce",
-            "defer unix - - n - 0 bounce",
-            "trace unix - - n - 0 bounce",
-            "verify unix - - n - 1 verify",
-            "flush unix n - n 1000? 0 flush",
-            "proxymap unix - - n - - proxymap",
-            "smtp unix - - n - - smtp",
-            "relay unix - - n - - smtp",
-            "showq unix n - n - - showq",
-            "error unix - - n - - error",
-            "retry unix - - n - - error",
-            "discard unix - - n - - discard",
-            "anvil unix - - n - 1 anvil",
-            "scache unix - - n - 1 scache",
-            "postlog unix-dgram n - n - 1 postlogd",
-        ] {
-            master.push_str(service);
-            master.push('\n');
-        }
-        // One file per delivered recipient, named after it.
-        master.push_str(&format!(
-            "deliver unix - n n - - pipe\n  flags=q user=nobody argv=/bin/sh {d}/deliver.sh ${{recipient}}\n"
-        ));
-        std::fs::write(self.path("conf/master.cf"), master).unwrap();
+        self.postfix.configure(main, &master);
         std::fs::write(
             self.path("deliver.sh"),
             format!("cat > \"{d}/mail/$1.$$\"\n"),
@@ -247,16 +136,7 @@ impl Mta {
     }
 
     fn start_postfix(&mut self) {
-        let conf = self.path("conf");
-        let conf = conf.to_str().unwrap();
-        self.postfix_started = true;
-        let out = Command::new("/usr/sbin/postfix")
-            .args(["-c", conf, "start"])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            panic!("postfix did not start: {out:?}\nits log:\n{}", self.log());
-        }
+        self.postfix.start();
         let socket = self.path("queue/private/auth");
         eventually(
             "Dovecot's auth socket in Postfix's queue",
@@ -267,12 +147,12 @@ impl Mta {
         eventually(
             "Postfix's smtpd listening",
             || std::net::TcpStream::connect(addr).ok(),
-            || self.log(),
+            || self.postfix.log(),
         );
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.path("log/postfix.log")).unwrap_or_default()
+        self.postfix.log()
     }
 
     fn dovecot_log(&self) -> String {
@@ -281,19 +161,7 @@ impl Mta {
 
     /// Postfix's log lines containing `needle`, once there are `n` of them.
     fn wait_log(&self, needle: &str, n: usize) -> Vec<String> {
-        eventually(
-            &format!("{n} Postfix log lines with {needle:?}"),
-            || {
-                let lines: Vec<String> = self
-                    .log()
-                    .lines()
-                    .filter(|l| l.contains(needle))
-                    .map(str::to_owned)
-                    .collect();
-                (lines.len() >= n).then_some(lines)
-            },
-            || self.log(),
-        )
+        self.postfix.wait_log(needle, n)
     }
 
     /// Waits until Postfix has finished with queue file `id` (every
@@ -316,25 +184,8 @@ impl Mta {
 
 impl Drop for Mta {
     fn drop(&mut self) {
-        if self.postfix_started {
-            let master_pid = std::fs::read_to_string(self.path("queue/pid/master.pid"))
-                .ok()
-                .and_then(|p| p.trim().parse::<u32>().ok());
-            let _ = Command::new("/usr/sbin/postfix")
-                .arg("-c")
-                .arg(self.path("conf"))
-                .arg("stop")
-                .output();
-            // Postfix's daemons exit after `stop` returns: wait for the
-            // master, so that the directory is removed under no one.
-            if let Some(pid) = master_pid {
-                let proc = PathBuf::from(format!("/proc/{pid}"));
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while proc.exists() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-        }
+        // Postfix first: its smtpd and the auth socket go before Dovecot.
+        self.postfix.stop();
         if let Some(mut child) = self.dovecot.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])

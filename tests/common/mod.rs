@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod local;
 pub mod netns;
+pub mod postfix;
 pub mod redis;
 pub mod upstream;
 
