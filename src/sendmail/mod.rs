@@ -5,6 +5,8 @@
 //!
 //! - [`args`]: the command line, as Postfix's `sendmail` reads it.
 //! - [`message`]: the message on standard input, made ready to submit.
+//! - [`local`]: what the system says: the login, full name, mail domain,
+//!   host name, the date and a fresh message id.
 //! - [`dialogue`]: the client's SMTP dialogue, pure: replies in, commands out.
 //! - [`reply`]: SMTP replies, parsed incrementally and bounded.
 //!
@@ -24,6 +26,7 @@
 
 pub mod args;
 pub mod dialogue;
+pub mod local;
 pub mod message;
 pub mod reply;
 
