@@ -9,6 +9,8 @@
 //!   host name, the date and a fresh message id.
 //! - [`dialogue`]: the client's SMTP dialogue, pure: replies in, commands out.
 //! - [`reply`]: SMTP replies, parsed incrementally and bounded.
+//! - [`submit`]: the socket: connecting, the timeouts and the deadline,
+//!   dot-stuffing, the `-v` transcript.
 //!
 //! # Exit status
 //!
@@ -29,6 +31,7 @@ pub mod dialogue;
 pub mod local;
 pub mod message;
 pub mod reply;
+pub mod submit;
 
 /// The exit statuses of `<sysexits.h>` the command uses.
 pub mod sysexits {
@@ -41,3 +44,6 @@ pub mod sysexits {
     pub const EX_TEMPFAIL: u8 = 75;
 }
 
+
+#[cfg(test)]
+mod fake_mta;
