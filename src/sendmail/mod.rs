@@ -1,8 +1,13 @@
 //! `mailbrake sendmail`: a sendmail(8)-compatible submission command, for
-//! PHP's `mail()`, scripts and cron. Being built: its command line, its
-//! message and the SMTP dialogue are here; the command itself is still to
-//! come, and nothing runs this module yet.
+//! PHP's `mail()`, scripts and cron. It reads the whole message first, then
+//! submits it over SMTP to mailbrake's Unix socket, all recipients or none,
+//! and says how it went in its exit status. It runs as `mailbrake sendmail
+//! [--socket PATH] [options] [recipients]`, or through a link named
+//! `sendmail` (then every argument is sendmail's). It never reads
+//! mailbrake's configuration, and starts no runtime.
 //!
+//! - [`command`]: the invocation, the socket's path, the steps in order,
+//!   what is printed and the exit status.
 //! - [`args`]: the command line, as Postfix's `sendmail` reads it.
 //! - [`message`]: the message on standard input, made ready to submit.
 //! - [`local`]: what the system says: the login, full name, mail domain,
@@ -27,6 +32,7 @@
 //! | 75 | EX_TEMPFAIL | any 4xx (a recipient deferred, or the greeting, EHLO, MAIL, DATA or end of data); a timeout or the deadline; the connection lost or a reply garbled or unexpected at any point, after the final dot included (the outcome is then unknown) |
 
 pub mod args;
+pub mod command;
 pub mod dialogue;
 pub mod local;
 pub mod message;
@@ -43,7 +49,6 @@ pub mod sysexits {
     pub const EX_IOERR: u8 = 74;
     pub const EX_TEMPFAIL: u8 = 75;
 }
-
 
 #[cfg(test)]
 mod fake_mta;
