@@ -41,8 +41,9 @@
 //!   verdict, the reply, the log line and the metric (`limits::decide`).
 //! - [`protect`]: short-term rate limits (connections, AUTH failures, RCPT pace).
 //! - [`state`]: restoring and flushing the limits to the embedded database.
-//! - [`sendmail`]: the sendmail(8)-compatible submission command, being
-//!   built: its command line is read; the submission is still to come.
+//! - [`sendmail`]: the sendmail(8)-compatible command for PHP's `mail()`
+//!   and cron: standard input read whole, then one all-or-nothing SMTP
+//!   submission over mailbrake's Unix socket, and a sysexits status.
 //! - [`report`]: `mailbrake report`: peaks per sender from the hourly totals,
 //!   and the default limit they suggest. Pure.
 

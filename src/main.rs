@@ -1,5 +1,6 @@
 //! The `mailbrake` command: parses the command line and hands over to the library.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,11 +31,31 @@ enum Command {
     /// Commands for the running mailbrake, through its admin API.
     #[command(flatten)]
     Admin(mailbrake::cli::Command),
+    /// Submit a message as sendmail(8) does, for PHP's mail() and cron.
+    ///
+    /// `mailbrake sendmail [--socket PATH] [-t] [-i] [-f SENDER] [-v]
+    /// [RECIPIENT]...`, or the same options through a link named
+    /// `sendmail`. The socket is /run/mailbrake/submit.sock unless
+    /// MAILBRAKE_SUBMIT_SOCKET or --socket names another.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// `--socket PATH` first, then sendmail's options and recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> ExitCode {
+    // sendmail's options (-t -i -f …) are not clap's: seen before it parses.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(invocation) = mailbrake::sendmail::command::invocation(&argv) {
+        return mailbrake::sendmail::command::run(invocation);
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Sendmail { args } => mailbrake::sendmail::command::run(
+            mailbrake::sendmail::command::Invocation::subcommand(args),
+        ),
         Command::Admin(command) => mailbrake::cli::run(command),
         Command::CheckConfig { config } => match check(&config) {
             Ok(n) => {
