@@ -19,21 +19,23 @@
 //! - [`identity`]: who a connection is, asked once per session: the client
 //!   address (IPv4-mapped unmapped once), the Unix user owning a local
 //!   client's socket (netlink `sock_diag`, `/proc/net/tcp` off the session
-//!   thread) and mailbrake's own connections redirected back, `[[vhost]]`
-//!   matching, the AUTH user, and the order of sources that picks the
-//!   sender key.
+//!   thread) or a Unix socket's peer credentials and the user's name,
+//!   mailbrake's own connections redirected back, `[[vhost]]` matching, the
+//!   AUTH user, and the order of sources that picks the sender key.
 //! - [`upstream`]: choosing and dialling the upstream (fixed, or the original
 //!   destination of a REDIRECT), refusing to dial mailbrake itself, the
 //!   outbound PROXY header.
 //! - [`orig_dst`]: `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST`.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2, inbound (trusted peers only) and outbound.
 //! - [`tls`]: rustls configurations for both legs, certificates chosen by SNI.
-//! - [`server`]: listeners, reload and drain; the accept loop (connection
-//!   rate, session limits) and each connection's setup (PROXY header,
-//!   identity, TLS, dialling) in files of their own.
+//! - [`server`]: listeners, reload and drain; the accept loop (TCP or Unix
+//!   socket, connection rate, session limits) and each connection's setup
+//!   (PROXY header or peer credentials, identity, TLS, dialling) in files
+//!   of their own.
 //! - [`workers`]: the session threads, one single-threaded runtime each,
 //!   each accepting and running its own sessions.
-//! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`).
+//! - [`listen`]: one listening socket per session thread (`SO_REUSEPORT`),
+//!   or one Unix socket and its duplicates, its file put in place whole.
 //! - [`logbuf`]: log lines to stderr, gathered on session threads until they go idle.
 //! - [`limits`]: the sender key type and the recipient limits (engine,
 //!   policy, store, fleet, the session's enforcer). Every limit decision, the

@@ -1,12 +1,15 @@
 //! Running mailbrake: the listeners and what their sessions share, reload
 //! (SIGHUP: new settings for new sessions, live ones untouched) and drain
-//! (SIGTERM: stop accepting, let sessions finish, then close them).
+//! (SIGTERM: stop accepting, remove the Unix sockets' files, let sessions
+//! finish, then close them).
 //!
-//! - `server/accept.rs`: each session thread's accept loop: connection rate
-//!   and session limits, session ids, backing off while accepts fail.
+//! - `server/accept.rs`: each session thread's accept loop, on a TCP or a
+//!   Unix socket: connection rate and session limits, session ids, a Unix
+//!   client's peer credentials, backing off while accepts fail.
 //! - `server/connection.rs`: one accepted connection: the inbound PROXY
-//!   header from trusted peers, who the client is ([`crate::identity`]),
-//!   implicit TLS, dialling the upstream, then the driver.
+//!   header from trusted peers (TCP), who the client is
+//!   ([`crate::identity`]), implicit TLS, dialling the upstream, then the
+//!   driver.
 
 mod accept;
 mod connection;
