@@ -32,60 +32,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use nix::unistd::{Uid, User};
 
-use common::postfix::{Postfix, cannot_run, eventually, require, run};
+use common::postfix::{
+    Caller, Postfix, ThrowawayUser, cannot_run, eventually, maildrop, queue, require, submit,
+};
 
 /// The snippet operators append to /etc/postfix/main.cf.
 const SNIPPET: &str = include_str!("../config/postfix-main.cf");
-
-/// Who runs a command: a uid and gid, with no supplementary groups.
-#[derive(Debug, Clone)]
-struct Caller {
-    /// The login name Postfix matches (`unknown` without a passwd entry).
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-/// A Unix user made for this test with useradd and removed when dropped.
-struct ThrowawayUser(Caller);
-
-impl ThrowawayUser {
-    /// `system`: a system account (uid below 1000) rather than an
-    /// account-sized one like a Plesk or cPanel site's.
-    fn add(tag: &str, system: bool) -> ThrowawayUser {
-        let name = format!("mbsd{}{tag}", std::process::id());
-        let mut args = vec![
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            "--user-group",
-        ];
-        if system {
-            args.push("--system");
-        }
-        args.push(&name);
-        run("/usr/sbin/useradd", &args);
-        let user = User::from_name(&name)
-            .unwrap()
-            .unwrap_or_else(|| panic!("useradd made no {name}"));
-        ThrowawayUser(Caller {
-            name,
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-        })
-    }
-}
-
-impl Drop for ThrowawayUser {
-    fn drop(&mut self) {
-        let _ = Command::new("/usr/sbin/userdel").arg(&self.0.name).status();
-    }
-}
 
 /// A uid with no passwd entry, which Postfix calls `unknown`.
 fn unknown_caller() -> Caller {
@@ -105,35 +61,6 @@ fn root() -> Caller {
         uid: 0,
         gid: 0,
     }
-}
-
-/// The mount namespace that gives a command the test's config directory as
-/// /etc/postfix; `$0` is that directory, the rest the command to run.
-const WITH_TEST_CONFIG: &str = "mount --bind \"$0\" /etc/postfix && exec \"$@\"";
-
-/// Runs `argv` as `caller`, with `stdin`, in a mount namespace where
-/// /etc/postfix is `postfix`'s config directory, and with an environment
-/// holding only PATH (no MAIL_CONFIG from the test's own).
-fn submit(postfix: &Postfix, caller: &Caller, argv: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new("/usr/bin/unshare")
-        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
-        .arg(WITH_TEST_CONFIG)
-        .arg(postfix.conf())
-        .arg("/usr/bin/setpriv")
-        .arg(format!("--reuid={}", caller.uid))
-        .arg(format!("--regid={}", caller.gid))
-        .arg("--clear-groups")
-        .args(argv)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A refused command may exit without reading: fine, it fits the pipe.
-    let _ = child.stdin.take().unwrap().write_all(stdin);
-    child.wait_with_output().unwrap()
 }
 
 /// A message for `sendmail -t`, addressed to `to`.
@@ -184,31 +111,6 @@ fn php_mail(to: &str) -> Vec<String> {
     ]
     .map(str::to_owned)
     .to_vec()
-}
-
-/// Recipient → queue name of every message in Postfix's queue (`postqueue
-/// -j`, run as root, who may name a config directory).
-fn queue(postfix: &Postfix) -> BTreeMap<String, String> {
-    let json = run("/usr/sbin/postqueue", &["-c", &postfix.conf(), "-j"]);
-    let mut out = BTreeMap::new();
-    for line in json.lines() {
-        let message: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("postqueue -j printed {line:?}: {e}"));
-        let name = message["queue_name"].as_str().unwrap().to_owned();
-        for rcpt in message["recipients"].as_array().unwrap() {
-            let address = rcpt["address"].as_str().unwrap().to_owned();
-            out.insert(address, name.clone());
-        }
-    }
-    out
-}
-
-/// The files in the maildrop directory, where postdrop writes.
-fn maildrop(postfix: &Postfix) -> Vec<String> {
-    std::fs::read_dir(postfix.path("queue/maildrop"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect()
 }
 
 /// Asserts that `out`, from running `what` as `caller`, carries Postfix's

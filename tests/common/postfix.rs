@@ -7,9 +7,13 @@
 //! the Debian package postfix, which `.ci/run` installs. Without them the
 //! test fails loudly; it is never skipped.
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::unistd::User;
 
 /// Fails the test, saying why it could not run at all.
 #[track_caller]
@@ -236,4 +240,104 @@ impl Drop for Postfix {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Who runs a command: a uid and gid, with no supplementary groups.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The login name Postfix matches (`unknown` without a passwd entry).
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A Unix user made for this test with useradd and removed when dropped.
+pub struct ThrowawayUser(pub Caller);
+
+impl ThrowawayUser {
+    /// `system`: a system account (uid below 1000) rather than an
+    /// account-sized one like a Plesk or cPanel site's.
+    pub fn add(tag: &str, system: bool) -> ThrowawayUser {
+        let name = format!("mbsd{}{tag}", std::process::id());
+        let mut args = vec![
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--user-group",
+        ];
+        if system {
+            args.push("--system");
+        }
+        args.push(&name);
+        run("/usr/sbin/useradd", &args);
+        let user = User::from_name(&name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("useradd made no {name}"));
+        ThrowawayUser(Caller {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = Command::new("/usr/sbin/userdel").arg(&self.0.name).status();
+    }
+}
+
+/// The mount namespace that gives a command the test's config directory as
+/// /etc/postfix; `$0` is that directory, the rest the command to run.
+const WITH_TEST_CONFIG: &str = "mount --bind \"$0\" /etc/postfix && exec \"$@\"";
+
+/// Runs `argv` as `caller`, with `stdin`, in a mount namespace where
+/// /etc/postfix is `postfix`'s config directory, and with an environment
+/// holding only PATH (no MAIL_CONFIG from the test's own).
+pub fn submit(postfix: &Postfix, caller: &Caller, argv: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new("/usr/bin/unshare")
+        .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+        .arg(WITH_TEST_CONFIG)
+        .arg(postfix.conf())
+        .arg("/usr/bin/setpriv")
+        .arg(format!("--reuid={}", caller.uid))
+        .arg(format!("--regid={}", caller.gid))
+        .arg("--clear-groups")
+        .args(argv)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refused command may exit without reading: fine, it fits the pipe.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// Recipient → queue name of every message in Postfix's queue (`postqueue
+/// -j`, run as root, who may name a config directory).
+pub fn queue(postfix: &Postfix) -> BTreeMap<String, String> {
+    let json = run("/usr/sbin/postqueue", &["-c", &postfix.conf(), "-j"]);
+    let mut out = BTreeMap::new();
+    // Warnings (a test's main.cf overriding a shared line) are not records.
+    for line in json.lines().filter(|l| !l.starts_with("postqueue: warning:")) {
+        let message: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("postqueue -j printed {line:?}: {e}"));
+        let name = message["queue_name"].as_str().unwrap().to_owned();
+        for rcpt in message["recipients"].as_array().unwrap() {
+            let address = rcpt["address"].as_str().unwrap().to_owned();
+            out.insert(address, name.clone());
+        }
+    }
+    out
+}
+
+/// The files in the maildrop directory, where postdrop writes.
+pub fn maildrop(postfix: &Postfix) -> Vec<String> {
+    std::fs::read_dir(postfix.path("queue/maildrop"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
 }
