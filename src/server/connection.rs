@@ -159,7 +159,7 @@ async fn relay<S>(
         protect,
         fleet,
     } = shared;
-    let (client, dialled) = (connection.client, connection.dialled);
+    let (client, dialled, peer) = (connection.client, connection.dialled, connection.peer);
     let identity = match rt.identity.identify(connection).await {
         Ok(identity) => identity,
         Err(own) => {
@@ -179,7 +179,11 @@ async fn relay<S>(
             return tracing::info!(error = %e, "client TLS handshake failed");
         }
     }
-    tracing::info!(upstream = %dest, %client, "session start");
+    match peer {
+        // The span names the peer; its address is only loopback's.
+        Some(_) => tracing::info!(upstream = %dest, "session start"),
+        None => tracing::info!(upstream = %dest, %client, "session start"),
+    }
 
     let host = rt.session.hostname.clone();
     let tls_name = match &rt.client_tls {

@@ -322,7 +322,10 @@ pub fn queue(postfix: &Postfix) -> BTreeMap<String, String> {
     let json = run("/usr/sbin/postqueue", &["-c", &postfix.conf(), "-j"]);
     let mut out = BTreeMap::new();
     // Warnings (a test's main.cf overriding a shared line) are not records.
-    for line in json.lines().filter(|l| !l.starts_with("postqueue: warning:")) {
+    for line in json
+        .lines()
+        .filter(|l| !l.starts_with("postqueue: warning:"))
+    {
         let message: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("postqueue -j printed {line:?}: {e}"));
         let name = message["queue_name"].as_str().unwrap().to_owned();
