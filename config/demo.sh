@@ -96,8 +96,10 @@ for mode in plain starttls implicit; do
     fi
 done
 
-# The limit at work: the same client (sender key ip:127.0.0.1) sends one
-# message to 12 recipients under default = "12/1h", with 3 already sent.
+# The limit at work: the same client sends one message to 12 recipients
+# under default = "12/1h", with 3 already sent. A client on this machine is
+# known by its Unix user: the sender key is user:NAME of whoever runs this.
+key="user:$(id -un)"
 echo
 echo "demo: the limit at work: one message to 12 recipients from the same client (default = \"12/1h\", 3 sent already):"
 rcpts=$(printf 'r%d@example.net,' $(seq 1 12))
@@ -108,8 +110,8 @@ accepted=$(grep -c '^<-  250 2.1.5' "$work/swaks-limit.log" || true)
 refused=$(grep -c '450 4.7.1 Recipient limit reached' "$work/swaks-limit.log" || true)
 echo "demo: limit: $accepted recipients accepted, $refused refused; mailbrake answered the rest:"
 grep -m 1 '450 4.7.1 Recipient limit reached' "$work/swaks-limit.log" | sed 's/^<\*\* */    /'
-echo "demo: the operator's view (mailbrake sender show ip:127.0.0.1):"
-"$bin" sender show ip:127.0.0.1 -c "$work/mailbrake.toml" | sed 's/^/    /'
+echo "demo: the operator's view (mailbrake sender show $key):"
+"$bin" sender show "$key" -c "$work/mailbrake.toml" | sed 's/^/    /'
 
 echo
 echo "demo: the upstream MTA (smtp-sink) stored $(find "$work/dump" -type f 2>/dev/null | wc -l) message(s):"
