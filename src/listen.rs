@@ -7,6 +7,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -82,15 +83,37 @@ fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     Ok(s.into())
 }
 
+/// The longest path a Unix socket may have (`sun_path` holds 108 bytes,
+/// the last a NUL).
+pub const UNIX_PATH_MAX: usize = 107;
+/// The private directory a socket is made in, beside its path: `.mb-` and
+/// eight hex digits.
+const PRIVATE_DIR_LEN: usize = 12;
+
+/// `None` when `path`, and the temporary path [`bind_unix`] makes beside it,
+/// fit in a Unix socket address; else the longest path that would.
+pub fn unix_path_room(path: &Path) -> Option<usize> {
+    let parent = path.parent().map_or(0, |p| p.as_os_str().len());
+    let temp = parent + 1 + PRIVATE_DIR_LEN + 2;
+    let fits = path.as_os_str().len() <= UNIX_PATH_MAX && temp <= UNIX_PATH_MAX;
+    (!fits).then_some(UNIX_PATH_MAX)
+}
+
 /// Binds the Unix socket `cfg` names: a stale file left by a mailbrake that
 /// died is replaced, a socket someone still listens on is not (`AddrInUse`),
-/// nor is anything that is not a socket. The socket is made under a
-/// temporary name, given its mode, owner and group, then renamed into place:
-/// no client ever finds it with other permissions, and a restart never
-/// leaves the path missing for longer than the rename.
+/// nor is anything that is not a socket. The socket is made in a private
+/// directory (mode 0700, a random name) beside its path, given its mode,
+/// owner and group there, where nobody else can swap it for a link, then
+/// renamed into place: no client ever finds it with other permissions, and
+/// a restart never leaves the path missing for longer than the rename. A
+/// directory others may write to (and not sticky), or owned by someone
+/// other than root or mailbrake's user, is refused: whoever can write it
+/// could move the socket away.
 pub fn bind_unix(cfg: &UnixBind) -> io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = &cfg.path;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    trusted_dir(dir)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -109,12 +132,10 @@ pub fn bind_unix(cfg: &UnixBind) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut temp = path.clone().into_os_string();
-    temp.push(format!(".{}.new", std::process::id()));
-    let temp = std::path::PathBuf::from(temp);
-    let _ = std::fs::remove_file(&temp);
-    let listener = UnixListener::bind(&temp)?;
-    let placed = (|| {
+    let private = private_dir(dir)?;
+    let temp = private.join("s");
+    let placed = (|| -> io::Result<UnixListener> {
+        let listener = UnixListener::bind(&temp)?;
         std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(cfg.mode))?;
         let uid = account(cfg.owner.as_deref(), |n| {
             nix::unistd::User::from_name(n).map(|u| u.map(|u| u.uid.as_raw()))
@@ -125,14 +146,55 @@ pub fn bind_unix(cfg: &UnixBind) -> io::Result<UnixListener> {
         if uid.is_some() || gid.is_some() {
             std::os::unix::fs::chown(&temp, uid, gid)?;
         }
-        std::fs::rename(&temp, path)
+        std::fs::rename(&temp, path)?;
+        Ok(listener)
     })();
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
+    let _ = std::fs::remove_file(&temp);
+    let _ = std::fs::remove_dir(&private);
+    let listener = placed?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Refuses a socket directory that someone else could rearrange.
+fn trusted_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+    if writable_by_others || (meta.uid() != 0 && meta.uid() != me) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "the socket's directory {} is owned by uid {} with mode {:o}: it must be \
+                 root's or mailbrake's, and not writable by others (systemd's \
+                 RuntimeDirectory=mailbrake makes such a directory)",
+                dir.display(),
+                meta.uid(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A new directory in `dir` only this process's user may enter.
+fn private_dir(dir: &Path) -> io::Result<std::path::PathBuf> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for _ in 0..16 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let name = format!(".mb-{:08x}", h.finish() as u32);
+        let private = dir.join(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&private) {
+            Ok(()) => return Ok(private),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no free private directory name")))
 }
 
 /// A socket file's owner or group, by name.
@@ -216,5 +278,51 @@ mod tests {
         let e = bind_unix(&cfg).expect_err("not a socket");
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&cfg.path).unwrap(), b"not a socket");
+    }
+
+    #[test]
+    fn a_socket_directory_others_could_rearrange_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = unix(dir.path(), 0o666);
+        let set = |mode: u32| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        for refused in [0o777, 0o775, 0o757] {
+            set(refused);
+            let e = bind_unix(&cfg).expect_err("a directory others may write to");
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{refused:o}");
+            assert!(e.to_string().contains("not writable by others"), "{e}");
+            assert!(!cfg.path.exists());
+        }
+        // Sticky, as /tmp: others cannot move what is not theirs.
+        set(0o1777);
+        drop(bind_unix(&cfg).expect("a sticky directory"));
+        set(0o755);
+        std::fs::remove_file(&cfg.path).unwrap();
+        drop(bind_unix(&cfg).expect("mailbrake's own directory"));
+    }
+
+    #[test]
+    fn a_path_fits_with_the_temporary_one_beside_it() {
+        let room = |p: &str| unix_path_room(Path::new(p));
+        assert_eq!(room("/run/mailbrake/submit.sock"), None);
+        let dir = format!("/{}", "d".repeat(UNIX_PATH_MAX - 16));
+        assert_eq!(room(&format!("{dir}/s")), None, "{}", dir.len());
+        let dir = format!("/{}", "d".repeat(UNIX_PATH_MAX - 15));
+        assert_eq!(room(&format!("{dir}/s")), Some(UNIX_PATH_MAX));
+        assert_eq!(
+            room(&format!("/{}", "s".repeat(UNIX_PATH_MAX))),
+            Some(UNIX_PATH_MAX)
+        );
+        // The longest that fits also binds.
+        let base = tempfile::tempdir().unwrap();
+        let room_left = UNIX_PATH_MAX - base.path().as_os_str().len() - 1;
+        let cfg = UnixBind {
+            path: base.path().join("s".repeat(room_left)),
+            ..unix(base.path(), 0o666)
+        };
+        assert_eq!(unix_path_room(&cfg.path), None);
+        drop(bind_unix(&cfg).expect("a path that fits"));
     }
 }

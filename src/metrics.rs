@@ -39,7 +39,12 @@ pub const KEY_CLASSES: &[&str] = &["auth", "vhost", "user", "uid", "ip"];
 pub const RCPT_OUTCOMES: &[&str] = &["accepted", "deferred", "rejected", "observed"];
 pub const DECISIONS: &[&str] = &["accepted", "over_limit", "locked", "observed"];
 pub const LOCK_REASONS: &[&str] = &["refusals", "rotation", "operator"];
-pub const REFUSAL_REASONS: &[&str] = &["max_sessions", "connection_rate", "out_of_files"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "max_sessions",
+    "max_sessions_per_user",
+    "connection_rate",
+    "out_of_files",
+];
 pub const UPSTREAM_FAILURES: &[&str] = &["unreachable", "loop", "tls"];
 pub const TLS_LEGS: &[&str] = &["client", "upstream"];
 pub const TLS_VERSIONS: &[&str] = &["TLSv1.2", "TLSv1.3"];
@@ -247,6 +252,7 @@ pub fn tls_handshake(leg: &'static str, version: Option<&'static str>) {
 pub struct ListenerMetrics {
     pub accepted: metrics::Counter,
     pub refused_max_sessions: metrics::Counter,
+    pub refused_user_sessions: metrics::Counter,
     pub refused_connection_rate: metrics::Counter,
     pub refused_out_of_files: metrics::Counter,
     pub messages_accepted: metrics::Counter,
@@ -269,6 +275,7 @@ impl ListenerMetrics {
         ListenerMetrics {
             accepted: counter!(CONNECTIONS_ACCEPTED, "listener" => l.clone()),
             refused_max_sessions: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "max_sessions"),
+            refused_user_sessions: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "max_sessions_per_user"),
             refused_connection_rate: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "connection_rate"),
             refused_out_of_files: counter!(CONNECTIONS_REFUSED, "listener" => l.clone(), "reason" => "out_of_files"),
             messages_accepted: counter!(MESSAGES, "listener" => l.clone(), "result" => "accepted"),

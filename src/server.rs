@@ -6,6 +6,7 @@
 //! - `server/accept.rs`: each session thread's accept loop, on a TCP or a
 //!   Unix socket: connection rate and session limits, session ids, a Unix
 //!   client's peer credentials, backing off while accepts fail.
+//! - `server/per_user.rs`: a Unix socket listener's sessions per Unix user.
 //! - `server/connection.rs`: one accepted connection: the inbound PROXY
 //!   header from trusted peers (TCP), who the client is
 //!   ([`crate::identity`]), implicit TLS, dialling the upstream, then the
@@ -13,6 +14,7 @@
 
 mod accept;
 mod connection;
+mod per_user;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +49,8 @@ pub struct ListenerRuntime {
     pub identity: Resolver,
     /// Sessions in progress (kept across reloads, read by the metrics).
     pub active: Arc<AtomicI64>,
+    /// A Unix socket's sessions per user (kept across reloads).
+    pub per_user: Arc<per_user::UserSessions>,
     pub metrics: Arc<m::ListenerMetrics>,
 }
 
@@ -93,6 +97,7 @@ impl ListenerRuntime {
             ),
             identity: Resolver::new(l, &config.vhosts, &config.limits.identity),
             active: Arc::new(AtomicI64::new(0)),
+            per_user: Arc::default(),
             metrics: Arc::new(m::ListenerMetrics::new(&l.name)),
         })
     }
@@ -325,6 +330,16 @@ pub async fn run(mut config: Config, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a reloaded listener still listens where it did: the same TCP
+/// address, or the same Unix socket path (its file's mode, owner and group
+/// are set when it is made, and changing them needs a restart).
+fn same_socket(running: &Bind, reloaded: &Bind) -> bool {
+    match (running, reloaded) {
+        (Bind::Unix(a), Bind::Unix(b)) => a.path == b.path,
+        (a, b) => a == b,
+    }
+}
+
 /// Raises the open-file limit to its hard maximum (each session holds two
 /// descriptors, each listener one per session thread), and says so when even
 /// that is below what `max_sessions` allows.
@@ -389,7 +404,10 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Result<Config, String>
     };
     for mut rt in runtimes {
         match running.iter().find(|r| r.name == rt.cfg.name) {
-            Some(r) if r.bind == rt.cfg.bind => {
+            Some(r) if same_socket(&r.bind, &rt.cfg.bind) => {
+                if r.bind != rt.cfg.bind {
+                    tracing::warn!(listener = %r.name, "socket_mode, socket_owner or socket_group changed: needs a restart; the other settings apply");
+                }
                 // Keep counting live sessions against the same semaphore.
                 let old = r.tx.borrow().clone();
                 let (was, now) = (old.cfg.max_sessions.get(), rt.cfg.max_sessions.get());
@@ -412,6 +430,7 @@ fn reload(path: &std::path::Path, running: &[Running]) -> Result<Config, String>
                 }
                 rt.sessions = old.sessions.clone();
                 rt.active = old.active.clone();
+                rt.per_user = old.per_user.clone();
                 let _ = r.tx.send(Arc::new(rt));
             }
             Some(r) => {

@@ -48,7 +48,12 @@ const CONTRACT: &[Metric] = &[
             LISTENER,
             (
                 "reason",
-                &["max_sessions", "connection_rate", "out_of_files"],
+                &[
+                    "max_sessions",
+                    "max_sessions_per_user",
+                    "connection_rate",
+                    "out_of_files",
+                ],
             ),
         ],
     },

@@ -145,3 +145,43 @@ async fn local_users_behind_one_address_are_counted_apart() {
         "no recipient may be counted under the shared address:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_site_dialling_the_hosts_own_address_is_still_its_user() {
+    require_root_and_tools();
+    let ns = Netns::new("mbhostaddr");
+    // An address of the host's own that is not a loopback one (the
+    // namespace has no other interface to put it on).
+    ns.exec(&["ip", "addr", "add", "192.0.2.2/32", "dev", "lo"]);
+    let mut up = ns.upstream("127.0.0.1:2526");
+
+    let dir = tempfile::tempdir().unwrap();
+    // A drop-in listener on every address, the default identity order.
+    let cfg = format!(
+        "[server]\nhostname = \"mb.test\"\ndrain_timeout = \"5s\"\n[state]\ndir = {:?}\n\
+         [limits]\ndefault = \"2/1h\"\nlock_after_refusals = 0\n\
+         [protect]\nconnections_per_ip = \"off\"\n",
+        dir.path().join("state")
+    ) + "[[listener]]\nname = \"smtp\"\nbind = \"0.0.0.0:25\"\ntls = \"none\"\nupstream = \"127.0.0.1:2526\"\n";
+    let mb = Mailbrake::start_with(&ns.prefix(), &cfg);
+
+    // Two recipients through loopback, then three through 192.0.2.2: one
+    // user, one window, whichever address it dials.
+    let first = ns.client(UID_DAEMON, "127.0.0.1", "lo");
+    let refused_lo = tokio::task::block_in_place(|| refused(first, "through loopback", &mb));
+    assert_eq!(refused_lo.len(), 1, "{refused_lo:?}");
+    assert_eq!(
+        up.next_message().await.rcpts,
+        ["lo-1@remote.test", "lo-2@remote.test"]
+    );
+    let second = ns.client(UID_DAEMON, "192.0.2.2", "pub");
+    let refused_pub = tokio::task::block_in_place(|| refused(second, "through 192.0.2.2", &mb));
+    assert_eq!(refused_pub.len(), 3, "the window is full: {refused_pub:?}");
+    for (_, reply) in &refused_pub {
+        assert!(
+            reply.contains("Recipient limit reached for user:daemon (2/1h)"),
+            "{reply:?}\nmailbrake log:\n{}",
+            mb.logs()
+        );
+    }
+}

@@ -220,3 +220,75 @@ async fn a_vhost_groups_users_and_an_exempt_user_is_not_limited() {
     );
     assert_eq!(up.next_message().await.rcpts, rcpts);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exempt_loopback_network_does_not_exempt_the_sockets_clients() {
+    require_root_and("the Unix socket listener test", &["setpriv", "python3"]);
+    let mut up = Upstream::start(Opts::default()).await;
+    let run = tempfile::tempdir().unwrap();
+    let socket = open_run_dir(run.path()).join("submit.sock");
+    // Loopback exempt, for local monitoring over TCP: the socket's clients
+    // have no address, and loopback's is not theirs.
+    let extra = "exempt_networks = [\"127.0.0.0/8\", \"::1\"]";
+    let _mb = Mailbrake::start(&config(run.path(), &socket, up.addr, extra));
+    let s = socket.clone();
+    let replies = tokio::task::spawn_blocking(move || {
+        send_as(NOBODY, &s, &["e1@r.test", "e2@r.test", "e3@r.test"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        replies[5].starts_with("450 4.7.1") && replies[5].contains("user:nobody"),
+        "{replies:?}"
+    );
+    assert_eq!(up.next_message().await.rcpts, ["e1@r.test", "e2@r.test"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_user_cannot_take_every_session_of_the_socket() {
+    require_root_and("the Unix socket listener test", &["setpriv", "python3"]);
+    let up = Upstream::start(Opts::default()).await;
+    let run = tempfile::tempdir().unwrap();
+    let socket = open_run_dir(run.path()).join("submit.sock");
+    let config =
+        config(run.path(), &socket, up.addr, "") + "max_sessions = 3\nmax_sessions_per_user = 2\n";
+    let _mb = Mailbrake::start(&config);
+    // nobody holds two sessions and asks for a third.
+    let hold = "import socket, sys\n\
+                held = []\n\
+                for i in range(3):\n    \
+                    s = socket.socket(socket.AF_UNIX); s.settimeout(20); s.connect(sys.argv[1])\n    \
+                    held.append(s)\n    \
+                    print(s.recv(512).decode().strip(), flush=True)\n\
+                sys.stdin.read()\n";
+    let mut holder = as_user(NOBODY, "/usr/bin/python3")
+        .args(["-c", hold])
+        .arg(&socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(holder.stdout.take().unwrap()));
+    let greetings: Vec<String> =
+        tokio::task::block_in_place(|| (0..3).map(|_| lines.next().unwrap().unwrap()).collect());
+    assert!(
+        greetings[0].starts_with("220") && greetings[1].starts_with("220"),
+        "{greetings:?}"
+    );
+    assert!(
+        greetings[2].starts_with("421 4.7.0")
+            && greetings[2].contains("too many connections from your user"),
+        "{greetings:?}"
+    );
+    // daemon still gets in, and sends.
+    let s = socket.clone();
+    let replies = tokio::task::spawn_blocking(move || send_as(DAEMON, &s, &["d1@r.test"]))
+        .await
+        .unwrap();
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    assert!(
+        replies[0].starts_with("220") && replies[3].starts_with("250"),
+        "{replies:?}"
+    );
+}

@@ -119,6 +119,7 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub proxy_protocol_trusted: Vec<String>,
     pub max_sessions: Option<i64>,
+    pub max_sessions_per_user: Option<i64>,
 }
 
 /// One entry of `extra_certs`.

@@ -370,3 +370,78 @@ fn what_a_unix_socket_listener_cannot_be_asked() {
          must be unique"
     );
 }
+
+#[test]
+fn a_unix_socket_takes_no_login_and_passes_on_no_address() {
+    let unix = "name = \"s\"\nbind = \"unix:/run/mb.sock\"\nupstream = \"127.0.0.1:25\"\n";
+    for (extra, want) in [
+        (
+            "allow_plaintext_auth = true",
+            "listener[s].allow_plaintext_auth: a Unix socket listener offers no AUTH",
+        ),
+        (
+            "xclient = true",
+            "listener[s].xclient: a Unix socket's clients have no address to pass on",
+        ),
+        (
+            "upstream_proxy_protocol = \"v2\"",
+            "listener[s].upstream_proxy_protocol: a Unix socket's clients have no address",
+        ),
+    ] {
+        let e = error(&one_listener(&format!("{unix}{extra}")));
+        assert!(e.starts_with(want), "{extra}\ngot  {e:?}\nwant {want:?}…");
+    }
+    let long = format!("/run/{}", "x".repeat(120));
+    let e = error(&one_listener(&format!(
+        "name = \"s\"\nbind = \"unix:{long}\"\nupstream = \"127.0.0.1:25\""
+    )));
+    assert!(
+        e.starts_with(&format!(
+            "listener[s].bind: \"unix:{long}\" is too long for a Unix socket"
+        )),
+        "{e}"
+    );
+    // One path is one socket, whatever the mode each listener asks for.
+    let two = format!(
+        "{}{}",
+        one_listener(unix),
+        one_listener(
+            "name = \"t\"\nbind = \"unix:/run/mb.sock\"\nsocket_mode = \"0600\"\nupstream = \"127.0.0.1:25\""
+        )
+    );
+    assert_eq!(
+        error(&two),
+        "listener[t].bind: unix:/run/mb.sock is already the address of listener[s]; addresses \
+         must be unique"
+    );
+}
+
+#[test]
+fn sessions_per_user_on_a_unix_socket_only() {
+    let unix = "name = \"s\"\nbind = \"unix:/run/mb.sock\"\nupstream = \"127.0.0.1:25\"\n";
+    let per_user = |extra: &str| {
+        listener_ok(&one_listener(&format!("{unix}{extra}")))
+            .max_sessions_per_user
+            .get()
+    };
+    assert_eq!(per_user(""), 50);
+    assert_eq!(per_user("max_sessions = 8"), 8, "never above max_sessions");
+    assert_eq!(per_user("max_sessions_per_user = 3"), 3);
+    for (extra, want) in [
+        (
+            format!("{unix}max_sessions_per_user = 0"),
+            "listener[s].max_sessions_per_user: 0 is too small; give at least 1",
+        ),
+        (
+            format!("{unix}max_sessions = 4\nmax_sessions_per_user = 5"),
+            "listener[s].max_sessions_per_user: 5 is more than max_sessions (4); give at most 4",
+        ),
+        (
+            format!("{BASE}\nmax_sessions_per_user = 5").replace("name = \"l\"", "name = \"s\""),
+            "listener[s].max_sessions_per_user: only a Unix socket listener",
+        ),
+    ] {
+        let e = error(&one_listener(&extra));
+        assert!(e.starts_with(want), "{extra}\ngot  {e:?}\nwant {want:?}…");
+    }
+}

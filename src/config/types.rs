@@ -264,6 +264,9 @@ pub struct ListenerConfig {
     pub proxy_protocol_trusted: Vec<IpNet>,
     /// Concurrent sessions; one more gets `421` and is closed.
     pub max_sessions: NonZeroUsize,
+    /// A Unix socket listener's concurrent sessions per Unix user, so that
+    /// one site cannot hold them all. At most `max_sessions`.
+    pub max_sessions_per_user: NonZeroUsize,
 }
 
 impl std::fmt::Display for ClientTls {

@@ -15,6 +15,9 @@ use super::types::{
 };
 use super::validate::{Problems, check, choice, count, hostname, network, readable_file, required};
 
+/// Default `listener.max_sessions_per_user` (a Unix socket's), or
+/// `max_sessions` when that is lower.
+const DEFAULT_MAX_SESSIONS_PER_USER: NonZeroUsize = NonZeroUsize::new(50).expect("non-zero");
 /// Default `listener.max_sessions`.
 const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(1000).expect("non-zero");
 /// The `upstream` value that selects the pre-REDIRECT destination.
@@ -211,6 +214,39 @@ fn listener(
         "concurrent sessions",
     );
 
+    let max_sessions_per_user = match (raw.max_sessions_per_user, max_sessions) {
+        (Some(_), _) if !matches!(bind, Some(Bind::Unix(_))) => {
+            if bind.is_some() {
+                p.add(
+                    key("max_sessions_per_user"),
+                    "only a Unix socket listener (bind = \"unix:PATH\") knows its clients' \
+                     users; remove it",
+                );
+            }
+            None
+        }
+        (None, Some(max)) => Some(DEFAULT_MAX_SESSIONS_PER_USER.min(max)),
+        (Some(n), Some(max)) => count(
+            p,
+            key("max_sessions_per_user"),
+            Some(n),
+            DEFAULT_MAX_SESSIONS_PER_USER,
+            1,
+            "concurrent sessions of one user",
+        )
+        .filter(|n| {
+            let fits = *n <= max;
+            if !fits {
+                p.add(
+                    key("max_sessions_per_user"),
+                    format!("{n} is more than max_sessions ({max}); give at most {max}"),
+                );
+            }
+            fits
+        }),
+        (_, None) => None,
+    };
+
     let listener = ListenerConfig {
         name: name?,
         bind: bind?,
@@ -226,6 +262,7 @@ fn listener(
         xclient: raw.xclient.unwrap_or(false),
         proxy_protocol_trusted: proxy_protocol_trusted?,
         max_sessions: max_sessions?,
+        max_sessions_per_user: max_sessions_per_user?,
     };
     super::validate_socket::unix_fits(p, label, &listener).then_some(listener)
 }
@@ -295,7 +332,8 @@ fn certs(
 
 /// Checks that need every listener: unique binds, admin clash, self-loops.
 fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: Option<SocketAddr>) {
-    let mut binds: HashMap<&Bind, &str> = HashMap::new();
+    // A Unix socket is one path, whatever its mode, owner and group.
+    let mut binds: HashMap<BindKey, &str> = HashMap::new();
     for (label, l) in all {
         // Port 0 asks the kernel for a fresh port each time: never a clash.
         if l.bind.tcp().is_some_and(|a| a.port() == 0) {
@@ -307,7 +345,11 @@ fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: O
                 format!("{} is also admin.bind; use another address", l.bind),
             );
         }
-        if let Some(first) = binds.get(&l.bind) {
+        let bind_key = match &l.bind {
+            Bind::Tcp(addr) => BindKey::Tcp(*addr),
+            Bind::Unix(u) => BindKey::Unix(&u.path),
+        };
+        if let Some(first) = binds.get(&bind_key) {
             p.add(
                 format!("{label}.bind"),
                 format!(
@@ -316,7 +358,7 @@ fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: O
                 ),
             );
         } else {
-            binds.insert(&l.bind, label);
+            binds.insert(bind_key, label);
         }
     }
     for (label, l) in all {
@@ -343,6 +385,13 @@ fn cross_check(p: &mut Problems, all: &[(String, ListenerConfig)], admin_bind: O
             );
         }
     }
+}
+
+/// What two listeners may not share.
+#[derive(PartialEq, Eq, Hash)]
+enum BindKey<'a> {
+    Tcp(SocketAddr),
+    Unix(&'a std::path::Path),
 }
 
 /// `host:port`, with brackets around an IPv6 host.

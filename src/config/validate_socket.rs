@@ -40,7 +40,7 @@ pub(super) fn bind(p: &mut Problems, label: &str, value: &str, file: SocketFile)
         return socket_addr(p, key("bind"), value).map(Bind::Tcp);
     };
     let path = PathBuf::from(path);
-    let path_ok = path.is_absolute() && path.file_name().is_some();
+    let mut path_ok = path.is_absolute() && path.file_name().is_some();
     if !path_ok {
         p.add(
             key("bind"),
@@ -49,6 +49,15 @@ pub(super) fn bind(p: &mut Problems, label: &str, value: &str, file: SocketFile)
                  \"unix:/run/mailbrake/submit.sock\""
             ),
         );
+    } else if let Some(longest) = crate::listen::unix_path_room(&path) {
+        p.add(
+            key("bind"),
+            format!(
+                "\"{value}\" is too long for a Unix socket: the path and the temporary one \
+                 beside it must fit in {longest} bytes; choose a shorter one"
+            ),
+        );
+        path_ok = false;
     }
     let mode = match file.mode.as_deref() {
         None => Some(DEFAULT_MODE),
@@ -105,8 +114,10 @@ fn account(
 }
 
 /// A Unix socket listener's other keys: no TLS (the socket never leaves the
-/// host), no PROXY header (the kernel names the client), and a fixed
-/// upstream (nothing was REDIRECTed). False when any is asked for.
+/// host), no AUTH (the kernel's word is the identity: a login must not
+/// change whose limit a script uses), no PROXY header either way and no
+/// XCLIENT (the kernel names the client; it has no address to pass on), and
+/// a fixed upstream (nothing was REDIRECTed). False when any is asked for.
 pub(super) fn unix_fits(p: &mut Problems, label: &str, l: &ListenerConfig) -> bool {
     if !matches!(l.bind, Bind::Unix(_)) {
         return true;
@@ -126,6 +137,25 @@ pub(super) fn unix_fits(p: &mut Problems, label: &str, l: &ListenerConfig) -> bo
         refuse(
             "proxy_protocol_trusted",
             "a Unix socket's clients are named by the kernel, never by a PROXY header; remove it",
+        );
+    }
+    if l.allow_plaintext_auth {
+        refuse(
+            "allow_plaintext_auth",
+            "a Unix socket listener offers no AUTH: its clients are counted as their Unix \
+             users, which a login must not change; remove it",
+        );
+    }
+    if l.xclient {
+        refuse(
+            "xclient",
+            "a Unix socket's clients have no address to pass on; remove it",
+        );
+    }
+    if l.upstream_proxy_protocol.is_some() {
+        refuse(
+            "upstream_proxy_protocol",
+            "a Unix socket's clients have no address to pass on; remove it",
         );
     }
     if l.upstream == UpstreamTarget::OriginalDestination {

@@ -8,6 +8,8 @@
 //! - [`owner`]: the Unix user owning a local client's socket (netlink
 //!   `sock_diag`, `/proc/net/tcp` as the fallback), off the session thread;
 //!   mailbrake's own connections coming back through a REDIRECT.
+//! - [`host`]: this host's own addresses, from which a client is a local
+//!   program with a Unix user.
 //! - [`peer`]: a Unix socket's peer credentials (the kernel's uid, gid and
 //!   pid), and the names of local users, looked up off the session thread.
 //! - [`vhosts`]: `[[vhost]]` matched by socket owner, then by network.
@@ -19,6 +21,7 @@
 //! its place in [`Identity::key`].
 
 pub mod addr;
+pub mod host;
 pub mod owner;
 pub mod peer;
 pub mod sources;
@@ -65,8 +68,8 @@ pub struct Resolver {
     /// The listener relays REDIRECTed connections: the owner is looked up
     /// for loop detection, whether or not a vhost is known by uid.
     transparent: bool,
-    /// `[limits] identity` names `user`: a loopback client's owner is looked
-    /// up to name it.
+    /// `[limits] identity` names `user`: the owner of a client on this host
+    /// (any of its addresses, not only loopback) is looked up to name it.
     by_user: bool,
 }
 
@@ -91,7 +94,7 @@ impl Resolver {
         }
         let wanted = self.transparent
             || self.vhosts.by_uid()
-            || (self.by_user && conn.client.ip().is_loopback());
+            || (self.by_user && host::is_own(conn.client.ip()));
         let owner = if !conn.proxied && wanted {
             owner::lookup(conn.client, conn.dialled).await
         } else {

@@ -6,7 +6,10 @@
 //! socket at accept, before a byte of SMTP. A name is asked of the user
 //! database (NSS: `/etc/passwd`, or LDAP and the like, which may be slow) on
 //! tokio's blocking pool, and kept for [`NAME_TTL`] so that a burst of
-//! submissions asks once.
+//! submissions asks once. "No such user" is kept only [`NO_NAME_TTL`], and
+//! a database that cannot be read not at all: a directory's hiccup must not
+//! move a user to its `uid:N` key (fresh counts, none of its locks) for
+//! long.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,6 +48,8 @@ impl std::fmt::Display for PeerCred {
 
 /// How long a uid's name is kept: a user renamed or added is seen within it.
 pub const NAME_TTL: Duration = Duration::from_secs(300);
+/// How long "this uid has no name" is kept.
+pub const NO_NAME_TTL: Duration = Duration::from_secs(10);
 
 /// A uid's name, or none, and when it was asked.
 type Named = (Option<String>, Instant);
@@ -59,30 +64,38 @@ pub async fn user_name(uid: u32) -> Option<String> {
     if let Some(name) = cached(uid, now) {
         return name;
     }
-    let name = tokio::task::spawn_blocking(move || lookup(uid))
-        .await
-        .unwrap_or(None);
-    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    names
-        .get_or_insert_with(HashMap::new)
-        .insert(uid, (name.clone(), now));
-    name
-}
-
-fn cached(uid: u32, now: Instant) -> Option<Option<String>> {
-    let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    let (name, asked) = names.as_ref()?.get(&uid)?;
-    (now.saturating_duration_since(*asked) < NAME_TTL).then(|| name.clone())
-}
-
-fn lookup(uid: u32) -> Option<String> {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(user) => user.map(|u| u.name),
+    let found = match tokio::task::spawn_blocking(move || lookup(uid)).await {
+        Ok(found) => found.map_err(std::io::Error::from),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    match found {
+        Ok(name) => {
+            let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+            names
+                .get_or_insert_with(HashMap::new)
+                .insert(uid, (name.clone(), now));
+            name
+        }
         Err(e) => {
             tracing::warn!(uid, error = %e, "cannot read the user database; counting by uid");
             None
         }
     }
+}
+
+fn cached(uid: u32, now: Instant) -> Option<Option<String>> {
+    let names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let (name, asked) = names.as_ref()?.get(&uid)?;
+    let ttl = if name.is_some() {
+        NAME_TTL
+    } else {
+        NO_NAME_TTL
+    };
+    (now.saturating_duration_since(*asked) < ttl).then(|| name.clone())
+}
+
+fn lookup(uid: u32) -> nix::Result<Option<String>> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).map(|u| u.map(|u| u.name))
 }
 
 #[cfg(test)]

@@ -45,6 +45,12 @@ impl Identity {
         }
     }
 
+    /// The client's own address, for `exempt_networks`: none for a Unix
+    /// socket's client, whose [`Identity::client`] is only loopback's.
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        (!self.unix).then(|| self.client.ip())
+    }
+
     /// The AUTH user now (none before AUTH, or after a failed one).
     pub fn set_user(&mut self, user: Option<&str>) {
         self.user = user.map(str::to_owned);

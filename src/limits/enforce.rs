@@ -99,10 +99,7 @@ impl Enforcer {
         let mail_from = check
             .first_in_transaction
             .then_some(check.mail_from.as_str());
-        match self
-            .limiter
-            .check(key, Some(self.identity.client.ip()), mail_from)
-        {
+        match self.limiter.check(key, self.identity.address(), mail_from) {
             Decision::Accept(r) => self.paced(key, Held::Local(r)),
             Decision::Observed(r, refusal) => Decided::Observed(Held::Local(r), refusal),
             Decision::Refuse(refusal) => Decided::Refused(Refused::Limit(refusal)),
@@ -115,7 +112,7 @@ impl Enforcer {
     async fn decide_fleet(&mut self, key: &SenderKey, fleet: Arc<dyn FleetLimits>) -> Decided {
         let policy = self.limiter.policy();
         let observe = policy.action == LimitAction::Observe;
-        let (rates, _) = policy.limit(key, Some(self.identity.client.ip()));
+        let (rates, _) = policy.limit(key, self.identity.address());
         if rates.is_empty() {
             return Decided::Accepted(Held::Uncounted(key.clone()));
         }

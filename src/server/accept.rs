@@ -127,6 +127,29 @@ pub(super) async fn accept_loop(
             );
             continue;
         }
+        // A Unix socket's client takes one of its user's sessions first.
+        let user_session = match &accepted {
+            Accepted::Unix(_, cred) => {
+                match rt
+                    .per_user
+                    .enter(cred.uid, rt.cfg.max_sessions_per_user.get())
+                {
+                    Some(s) => Some(s),
+                    None => {
+                        rt.metrics.refused_user_sessions.increment(1);
+                        let f = Failure::TooManyUserSessions(rt.cfg.max_sessions_per_user.get());
+                        let host = rt.session.hostname.clone();
+                        let span =
+                            tracing::error_span!("session", listener = %rt.cfg.name, %client);
+                        tokio::spawn(
+                            async move { refuse(accepted, &f, &host).await }.instrument(span),
+                        );
+                        continue;
+                    }
+                }
+            }
+            Accepted::Tcp(..) => None,
+        };
         let permit = rt.sessions.clone().try_acquire_owned().ok();
         if permit.is_none() {
             rt.metrics.refused_max_sessions.increment(1);
@@ -163,6 +186,7 @@ pub(super) async fn accept_loop(
                         return;
                     }
                 };
+                let _user_session = user_session;
                 let started = crate::clock::now();
                 let (active, metrics) = (rt.active.clone(), rt.metrics.clone());
                 active.fetch_add(1, Ordering::Relaxed);

@@ -63,6 +63,8 @@ pub enum Failure {
     TooManySessions(usize),
     #[error("too many new connections from this address")]
     ConnectionRate,
+    #[error("too many concurrent sessions of this Unix user ({0})")]
+    TooManyUserSessions(usize),
     #[error("too many failed AUTH attempts from this address or for this user")]
     AuthBlocked,
     #[error("mailbrake is shutting down")]
@@ -81,8 +83,15 @@ impl Failure {
             | UpstreamTimeout(_)
             | UpstreamClosed
             | UpstreamProtocol(_) => Fault::Upstream,
-            ClientTimeout(_) | ClientTooSlow(_) | ClientGoneMidData | TooManyCommands(_)
-            | Smuggling | ConnectionRate | AuthBlocked | UnknownUser(_) => Fault::Client,
+            ClientTimeout(_)
+            | ClientTooSlow(_)
+            | ClientGoneMidData
+            | TooManyCommands(_)
+            | Smuggling
+            | ConnectionRate
+            | TooManyUserSessions(_)
+            | AuthBlocked
+            | UnknownUser(_) => Fault::Client,
             UpstreamLoop(_) | OutOfFiles(_) | TooManySessions(_) | ShuttingDown => Fault::Internal,
         }
     }
@@ -124,6 +133,9 @@ impl Failure {
             ShuttingDown => format!("421 4.3.2 {host} shutting down, try again later"),
             ConnectionRate => format!(
                 "421 4.7.0 {host} Error: too many connections from your address, try again later"
+            ),
+            TooManyUserSessions(_) => format!(
+                "421 4.7.0 {host} Error: too many connections from your user, try again later"
             ),
             UnknownUser(_) => {
                 format!("421 4.7.0 {host} Error: cannot tell who authenticated, closing")
