@@ -11,9 +11,8 @@
 mod common;
 
 use common::local::*;
-use common::netns::require_root_and;
 use common::postfix::eventually;
-use common::upstream::{Opts, Upstream};
+use common::upstream::{Opts, dot_stuffed};
 
 const R: &str = "r@remote.test";
 const BOUNCE: &str = "bounce@hosting.test";
@@ -104,21 +103,6 @@ fn nobody() -> String {
     format!("nobody@{}", mail_domain())
 }
 
-/// `text` with every line ending in CRLF.
-fn crlf(text: impl AsRef<[u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in text.as_ref().split_inclusive(|&b| b == b'\n') {
-        match line.strip_suffix(b"\n") {
-            Some(l) => {
-                out.extend_from_slice(l.strip_suffix(b"\r").unwrap_or(l));
-                out.extend_from_slice(b"\r\n");
-            }
-            None => out.extend_from_slice(line),
-        }
-    }
-    out
-}
-
 fn cases() -> Vec<Case> {
     let plain = format!("{HEAD}Subject: s\n\nhello\n");
     let dotted = format!("{HEAD}Subject: s\n\na\n..lead\n.\nafter the dot\n");
@@ -182,30 +166,6 @@ fn cases() -> Vec<Case> {
             &[R],
             &dotted,
             sent(&[R], format!("{HEAD}Subject: s\n\na\n..lead\n")),
-        ),
-        case(
-            "-f ADDR",
-            &["-f", BOUNCE, R],
-            &plain,
-            sent_from(BOUNCE, &[R], &plain),
-        ),
-        case(
-            "-fADDR",
-            &["-fbounce@hosting.test", R],
-            &plain,
-            sent_from(BOUNCE, &[R], &plain),
-        ),
-        case(
-            "-f <ADDR>",
-            &["-f", "<bounce@hosting.test>", R],
-            &plain,
-            sent_from(BOUNCE, &[R], &plain),
-        ),
-        case(
-            "-r ADDR",
-            &["-r", BOUNCE, R],
-            &plain,
-            sent_from(BOUNCE, &[R], &plain),
         ),
         case(
             "-f '<>': the null sender",
@@ -275,6 +235,17 @@ fn cases() -> Vec<Case> {
             ),
         ),
     ];
+    // The envelope sender: -f ADDR, -fADDR, -f <ADDR>, -r ADDR.
+    let senders: [&'static [&'static str]; 4] = [
+        &["-f", BOUNCE, R],
+        &["-fbounce@hosting.test", R],
+        &["-f", "<bounce@hosting.test>", R],
+        &["-r", BOUNCE, R],
+    ];
+    for args in senders {
+        let want = sent_from(BOUNCE, &[R], &plain);
+        cases.push(case("the envelope sender", args, &plain, want));
+    }
     // Modes not offered: the queue, SMTP on stdin, a queue run, newaliases.
     let modes: [&'static [&'static str]; 4] = [&["-bp"], &["-bs"], &["-q"], &["-bi"]];
     for args in modes {
@@ -312,19 +283,6 @@ fn cases() -> Vec<Case> {
     link.link = true;
     cases.push(link);
     cases
-}
-
-/// `content` as it must be on the wire: a dot before every line starting
-/// with one (RFC 5321 section 4.5.2).
-fn dot_stuffed(content: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(content.len() + 16);
-    for line in content.split_inclusive(|&b| b == b'\n') {
-        if line.starts_with(b".") {
-            out.push(b'.');
-        }
-        out.extend_from_slice(line);
-    }
-    out
 }
 
 /// `content` with the values of the header fields `names` written `*`,
@@ -380,9 +338,7 @@ fn check_transcript(stderr: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_option_end_to_end() {
-    require_root_and("THE SENDMAIL ROAD", &["setpriv"]);
-    let mut up = Upstream::start(Opts::default()).await;
-    let mb = SocketMailbrake::start(up.addr, "default = \"unlimited\"", "");
+    let (mut up, mb) = road(Opts::default(), UNLIMITED).await;
     let link_dir = tempfile::tempdir().unwrap();
     let link = open_run_dir(link_dir.path()).join("sendmail");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mailbrake"), &link).unwrap();
@@ -398,7 +354,7 @@ async fn every_option_end_to_end() {
         } else {
             sendmail_as(NOBODY, &mb.socket, c.args)
         };
-        let ran = run(cmd, &c.input).await;
+        let ran = run_sendmail(cmd, &c.input).await;
         let new: Vec<_> = up.messages.lock().unwrap()[before..].to_vec();
         match c.want {
             Want::Refused(status, stderr) => {
@@ -449,25 +405,15 @@ async fn every_option_end_to_end() {
     assert_eq!(sessions, connecting, "{}", log.logs());
 }
 
-/// An upstream and mailbrake in front of it, with `limits`.
-async fn road(limits: &str) -> (Upstream, SocketMailbrake) {
-    require_root_and("THE SENDMAIL ROAD", &["setpriv"]);
-    let up = Upstream::start(Opts::default()).await;
-    let mb = SocketMailbrake::start(up.addr, limits, "lock_after_refusals = 0");
-    (up, mb)
-}
-
-/// Runs `cmd` with `input`, off the runtime the upstream runs on.
-async fn run(cmd: std::process::Command, input: &[u8]) -> Ran {
-    let input = input.to_vec();
-    tokio::task::spawn_blocking(move || submit(cmd, &input))
-        .await
-        .unwrap()
-}
+const UNLIMITED: &str = "default = \"unlimited\"";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_kernels_word_cannot_be_forged() {
-    let (up, mut mb) = road("default = \"1/1h\"").await;
+    let (up, mut mb) = road(
+        Opts::default(),
+        "default = \"1/1h\"\nlock_after_refusals = 0",
+    )
+    .await;
     let link_dir = tempfile::tempdir().unwrap();
     let link = open_run_dir(link_dir.path()).join("sendmail");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mailbrake"), &link).unwrap();
@@ -483,7 +429,7 @@ async fn the_kernels_word_cannot_be_forged() {
     };
     let message = "From: daemon@hosting.test\nSender: root@hosting.test\n\
                    To: a@remote.test, b@remote.test\nSubject: x\n\nx\n";
-    let ran = run(forged(NOBODY), message.as_bytes()).await;
+    let ran = run_sendmail(forged(NOBODY), message.as_bytes()).await;
     assert_eq!(ran.code(), 75, "{}", ran.stderr);
     assert!(
         ran.stderr.starts_with(
@@ -507,7 +453,7 @@ async fn the_kernels_word_cannot_be_forged() {
         "all or nothing: a@ was not sent alone"
     );
     // Another user sending the same has a limit of its own.
-    let ran = run(forged(DAEMON), "To: c@remote.test\n\nx\n".as_bytes()).await;
+    let ran = run_sendmail(forged(DAEMON), "To: c@remote.test\n\nx\n".as_bytes()).await;
     assert_eq!((ran.code(), ran.stderr.as_str()), (0, ""));
     let sent = up.messages.lock().unwrap().clone();
     assert_eq!(sent.len(), 1);

@@ -6,6 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::upstream::{Opts, Upstream};
+
 /// Debian's `nobody` and `daemon`: two users with names, in no vhost.
 pub const NOBODY: u32 = 65534;
 pub const DAEMON: u32 = 1;
@@ -94,6 +96,16 @@ impl SocketMailbrake {
     }
 }
 
+/// The far end of the sendmail road: a recording upstream behaving as
+/// `opts` says, and mailbrake in front of it with `[limits]` lines
+/// `limits`. Fails the test unless it runs as root with setpriv.
+pub async fn road(opts: Opts, limits: &str) -> (Upstream, SocketMailbrake) {
+    super::netns::require_root_and("THE SENDMAIL ROAD", &["setpriv"]);
+    let up = Upstream::start(opts).await;
+    let mb = SocketMailbrake::start(up.addr, limits, "");
+    (up, mb)
+}
+
 /// `mailbrake sendmail --socket SOCKET ARGS` as `uid`, taking neither the
 /// socket nor the timeout from the test's environment.
 pub fn sendmail_as(uid: u32, socket: &Path, args: &[&str]) -> Command {
@@ -123,6 +135,14 @@ impl Ran {
     }
 }
 
+/// [`submit`], off the runtime the upstream runs on.
+pub async fn run_sendmail(cmd: Command, input: &[u8]) -> Ran {
+    let input = input.to_vec();
+    tokio::task::spawn_blocking(move || submit(cmd, &input))
+        .await
+        .unwrap()
+}
+
 /// Runs `cmd` with `input` on its standard input (written while it runs,
 /// as PHP writes); it must print nothing on standard output.
 pub fn submit(mut cmd: Command, input: &[u8]) -> Ran {
@@ -148,4 +168,21 @@ pub fn submit(mut cmd: Command, input: &[u8]) -> Ran {
         status: out.status,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `text` with every line ending in CRLF, as the command sends it; a last
+/// line without an end is left so.
+pub fn crlf(text: impl AsRef<[u8]>) -> Vec<u8> {
+    let text = text.as_ref();
+    let mut out = Vec::with_capacity(text.len() + text.len() / 32);
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        match line.strip_suffix(b"\n") {
+            Some(l) => {
+                out.extend_from_slice(l.strip_suffix(b"\r").unwrap_or(l));
+                out.extend_from_slice(b"\r\n");
+            }
+            None => out.extend_from_slice(line),
+        }
+    }
+    out
 }
