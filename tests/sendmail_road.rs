@@ -465,3 +465,59 @@ async fn the_kernels_word_cannot_be_forged() {
     );
     mb.mb.wait_log("sender=user:daemon");
 }
+
+// === Where the road parts from Postfix's sendmail ===
+// Each of these fails: a bug in src/sendmail, reported rather than fixed here.
+
+/// Submits `input` as nobody with `args` through a fresh road; the one
+/// message the upstream recorded, once the command said it was sent.
+async fn sent_one(args: &[&str], input: &[u8]) -> common::upstream::Message {
+    let (up, mb) = road(Opts::default(), UNLIMITED).await;
+    let ran = run_sendmail(sendmail_as(NOBODY, &mb.socket, args), input).await;
+    assert_eq!((ran.code(), ran.stderr.as_str()), (0, ""), "{args:?}");
+    let sent = up.messages.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{args:?}");
+    sent[0].clone()
+}
+
+/// Debian's cron mails a job's output to a bare login (`root`, or MAILTO);
+/// Postfix qualifies it with `@$myorigin`. The command passes `root` as it
+/// is, mailbrake refuses `RCPT TO:<root>` with 501, and the output is lost
+/// (exit 67).
+#[tokio::test(flavor = "multi_thread")]
+async fn crons_mail_to_a_bare_login_is_delivered() {
+    let args = ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"];
+    let m = sent_one(&args, CRON_MAIL.as_bytes()).await;
+    assert_eq!(m.rcpts, [format!("root@{}", mail_domain())]);
+}
+
+/// Postfix's `-V` takes the next word as the DSN envelope id unless that
+/// word has two characters (then it is the old VERP flag); the command
+/// never takes it, so the envelope id becomes a recipient: refused (501),
+/// and nothing is sent (exit 67).
+#[tokio::test(flavor = "multi_thread")]
+async fn dash_v_takes_its_envelope_id_as_postfix_does() {
+    let input = format!("{HEAD}Subject: s\n\nhello\n");
+    let m = sent_one(&["-V", "envid-0001", R], input.as_bytes()).await;
+    assert_eq!(m.rcpts, [R]);
+}
+
+/// With the null sender and no From in the message, Postfix's cleanup adds
+/// `From: MAILER-DAEMON` (and no full name); the command adds `From: NAME
+/// <>`, or `From: ` without a full name: no mailbox at all, where RFC 5322
+/// section 3.6.2 requires one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_null_sender_gets_a_from_with_a_mailbox() {
+    let m = sent_one(&["-f", "<>", R], b"Subject: bounce\n\nundeliverable\n").await;
+    assert_eq!(m.from, "");
+    let content = String::from_utf8_lossy(&m.content()).into_owned();
+    let from = content
+        .lines()
+        .find(|l| l.starts_with("From:"))
+        .expect("a From added");
+    let addr = from["From:".len()..].trim();
+    assert!(
+        !addr.is_empty() && !addr.ends_with("<>"),
+        "the added From names no mailbox: {from:?}"
+    );
+}
