@@ -1,5 +1,6 @@
 //! A scriptable SMTP server that records exactly the bytes it received:
-//! the upstream in end-to-end tests.
+//! the upstream in end-to-end tests. A recipient whose address starts with
+//! `reject` gets `550`, one starting with `defer` gets `451`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ pub struct Opts {
     /// Close the connection without a word when this command arrives.
     pub hang_up_on: Option<&'static str>,
     /// Read this command (and everything after it) but never answer, until
-    /// the other side closes.
+    /// the other side closes. `"."`: the message's final dot (nothing stored).
     pub stall_on: Option<&'static str>,
     /// Listen here instead of 127.0.0.1:0.
     pub bind: Option<SocketAddr>,
@@ -44,6 +45,9 @@ pub struct Opts {
     /// Inside DATA, close the connection without a word once at least this
     /// many body bytes have arrived (nothing stored).
     pub hang_up_after_body_bytes: Option<usize>,
+    /// Inside DATA, wait this long before each read: a slow MTA, so that a
+    /// large message is still on its way while the test acts.
+    pub body_read_pause: Option<Duration>,
 }
 
 /// One delivered message.
@@ -73,10 +77,25 @@ impl Message {
     }
 }
 
+/// `content` as it must be on the wire: a dot before every line starting
+/// with one (RFC 5321 section 4.5.2); [`Message::content`] undoes it.
+pub fn dot_stuffed(content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + content.len() / 64);
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
 /// Something the upstream saw.
 #[derive(Debug, Clone)]
 pub enum Event {
     Message(Message),
+    /// The first line of a message's body arrived (after `354`).
+    BodyBegun,
     /// A connection ended; all bytes it received (after TLS decryption).
     Closed(Vec<u8>),
 }
@@ -292,6 +311,8 @@ impl Conn {
                 let to = path(&text[8..]);
                 if to.starts_with("reject") {
                     self.send("550 5.1.1 No such user\r\n").await?;
+                } else if to.starts_with("defer") {
+                    self.send("451 4.3.0 Try again later\r\n").await?;
                 } else {
                     rcpts.push(to);
                     self.send("250 2.1.5 Ok\r\n").await?;
@@ -305,10 +326,22 @@ impl Conn {
                 self.send("354 End data with <CR><LF>.<CR><LF>\r\n").await?;
                 let mut wire = Vec::new();
                 loop {
+                    if let Some(pause) = self.opts.body_read_pause
+                        && !self.buf.contains(&b'\n')
+                    {
+                        tokio::time::sleep(pause).await;
+                    }
                     let Some(l) = self.line().await? else {
                         return Ok(()); // client gone: nothing stored
                     };
+                    if wire.is_empty() {
+                        let _ = self.tx.send(Event::BodyBegun);
+                    }
                     if l == b".\r\n" {
+                        if self.opts.stall_on == Some(".") {
+                            while self.read_more().await? {}
+                            return Ok(()); // never answered: nothing stored
+                        }
                         break;
                     }
                     wire.extend_from_slice(&l);
