@@ -190,12 +190,17 @@ fn header_fields(lines: &[&[u8]]) -> (Vec<Field>, usize) {
     (fields, lines.len())
 }
 
-/// `Name:` at the start of a header line (printable ASCII, no space).
+/// The name of a header line `Name:`, or `Name :` in RFC 5322's obsolete
+/// syntax (§4.5.3): printable ASCII, then spaces or tabs before the colon,
+/// as Postfix's `is_header_buf` reads it. The name comes without them.
 fn field_name(line: &[u8]) -> Option<String> {
     let colon = memchr::memchr(b':', line)?;
-    let name = &line[..colon];
-    (!name.is_empty() && name.iter().all(|b| (33..=126).contains(b)))
-        .then(|| String::from_utf8_lossy(name).into_owned())
+    let name = line[..colon].trim_ascii_end();
+    let blank_only = |b: &[u8]| b.iter().all(|&c| c == b' ' || c == b'\t');
+    (!name.is_empty()
+        && name.iter().all(|b| (33..=126).contains(b))
+        && blank_only(&line[name.len()..colon]))
+    .then(|| String::from_utf8_lossy(name).into_owned())
 }
 
 /// The addresses of an RFC 5322 address list: `a@x`, `Name <a@x>`,

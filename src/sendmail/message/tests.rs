@@ -166,3 +166,40 @@ fn recipients_are_each_named_once() {
     );
     assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
 }
+
+#[test]
+fn space_before_a_colon_still_makes_a_header() {
+    // RFC 5322 §4.5's obsolete syntax, which Postfix's is_header_buf reads:
+    // the fields after it stay fields, so the Bcc is taken and removed.
+    let m = prepared(
+        &["-t", "-i"],
+        "To: you@example.net\nSubject : hi\nBcc: hidden@example.org\n\nbody\n",
+    );
+    assert_eq!(m.recipients, ["you@example.net", "hidden@example.org"]);
+    assert!(!text(&m).contains("hidden"), "{}", text(&m));
+    assert!(text(&m).contains("\r\nSubject : hi\r\n\r\nbody\r\n"));
+    let m = prepared(&["-t"], "Subject\t:x\nBCC \t: quiet@y.test\nFrom : a@x\n\n");
+    assert_eq!(m.recipients, ["quiet@y.test"], "the name trimmed");
+    assert!(!text(&m).contains("quiet"), "{}", text(&m));
+    assert!(!text(&m).contains("From: "), "From is there: {}", text(&m));
+}
+
+#[test]
+fn header_names() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("Subject: x", Some("Subject")),
+        ("Subject:", Some("Subject")),
+        ("Subject :x", Some("Subject")),
+        ("Subject \t : x", Some("Subject")),
+        ("X-8:", Some("X-8")),
+        (": x", None),
+        (" Subject: x", None),
+        ("Two words: x", None),
+        ("From someone@x.test Tue Dec  1 14:00:00 2026", None),
+        ("Sub\u{e9}ject: x", None),
+        ("no colon", None),
+    ];
+    for (line, want) in cases {
+        assert_eq!(field_name(line.as_bytes()).as_deref(), *want, "{line:?}");
+    }
+}
