@@ -1,9 +1,9 @@
 //! The message a sendmail caller writes on standard input, made ready to
 //! submit the way Postfix's pickup and cleanup would: LF or CRLF line ends
-//! read alike, a lone `.` line ending the input unless `-i`, recipients
-//! taken from To, Cc and Bcc with `-t`, Bcc removed, and a missing From,
-//! Date or Message-ID added. Pure: the caller passes the user, the host
-//! name, the date and a message id.
+//! read alike, a leading mbox `From ` line dropped, a lone `.` line ending
+//! the input unless `-i`, recipients taken from To, Cc and Bcc with `-t`,
+//! Bcc removed, and a missing From, Date or Message-ID added. Pure: the
+//! caller passes the user, the host name, the date and a message id.
 
 use super::args::Options;
 
@@ -123,23 +123,36 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
 }
 
 /// The input's lines without their ends (LF, or CRLF), up to a lone `.`
-/// when `dot_ends`. A last line without an end is kept.
+/// when `dot_ends`. A last line without an end is kept. The mbox `From `
+/// lines the input starts with (`>From ` too) are dropped, as Postfix's
+/// sendmail drops them: procmail and formail write one.
 fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = input;
+    let mut leading = true;
     while !rest.is_empty() {
         let (line, next) = match memchr::memchr(b'\n', rest) {
             Some(i) => (&rest[..i], &rest[i + 1..]),
             None => (rest, &rest[rest.len()..]),
         };
+        rest = next;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        leading = leading && is_mbox_from(line);
+        if leading {
+            continue;
+        }
         if dot_ends && line == b"." {
             break;
         }
         out.push(line);
-        rest = next;
     }
     out
+}
+
+/// An mbox separator line, `From ` after any number of `>`.
+fn is_mbox_from(line: &[u8]) -> bool {
+    let quotes = line.iter().take_while(|&&b| b == b'>').count();
+    line[quotes..].starts_with(b"From ")
 }
 
 /// One header field: the lines it spans (its first and continuations).

@@ -203,3 +203,34 @@ fn header_names() {
         assert_eq!(field_name(line.as_bytes()).as_deref(), *want, "{line:?}");
     }
 }
+
+#[test]
+fn a_leading_mbox_from_line_is_dropped() {
+    // procmail and formail write one; Postfix's sendmail drops it.
+    let m = prepared(
+        &["-i", "you@example.net"],
+        "From site7@hosting.test Tue Dec  1 14:00:00 2026\nTo: you@example.net\n\
+         Bcc: hidden@example.org\nSubject: hi\n\nbody\n",
+    );
+    assert!(!text(&m).contains("hidden"), "{}", text(&m));
+    assert!(!text(&m).contains("From site7"), "{}", text(&m));
+    assert!(text(&m).ends_with("\r\nTo: you@example.net\r\nSubject: hi\r\n\r\nbody\r\n"));
+    // `>From ` lines too, as many as lead; a later one is body.
+    let m = prepared(
+        &["-t"],
+        "From a@x.test Mon\r\n>From b@y.test Sun\r\n>>From c\r\nTo: d@z.test\r\n\r\n\
+         From here on\r\n>From there\r\n",
+    );
+    assert_eq!(m.recipients, ["d@z.test"]);
+    assert!(
+        text(&m).ends_with(
+            "Message-ID: <1.2.3@host.test>\r\nTo: d@z.test\r\n\r\nFrom here on\r\n>From there\r\n"
+        ),
+        "{}",
+        text(&m)
+    );
+    // Only `From ` with its space: a From header is a header.
+    let m = prepared(&["-t"], "From: me@x.test\nTo: d@z.test\n\n");
+    assert!(text(&m).starts_with("Date: "), "{}", text(&m));
+    assert!(text(&m).contains("\r\nFrom: me@x.test\r\nTo: d@z.test\r\n"));
+}
