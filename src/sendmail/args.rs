@@ -17,7 +17,8 @@ pub struct Options {
     /// `-f ADDR`, `-fADDR` or `-r ADDR`: the envelope sender, without angle
     /// brackets (`-f '<>'` is the null sender, `Some("")`).
     pub sender: Option<String>,
-    /// `-F NAME`: the sender's full name, for a From header added.
+    /// `-F NAME`: the sender's full name, for a From header added (never
+    /// with a control character).
     pub full_name: Option<String>,
     /// `-v`, given at least once.
     pub verbose: bool,
@@ -41,6 +42,10 @@ pub enum UsageError {
     AliasPath,
     #[error("recipients must be given on the command line or with -t")]
     NoRecipients,
+    /// A `-F` name with a control character (CR, LF…), which would end the
+    /// From line it is put in.
+    #[error("invalid full name {0:?}: -F cannot hold a control character")]
+    FullName(String),
 }
 
 /// Options that take an argument (attached, or the next word).
@@ -111,6 +116,7 @@ fn flag(opts: &mut Options, letter: char) -> Result<(), UsageError> {
 fn with_argument(opts: &mut Options, letter: char, value: String) -> Result<(), UsageError> {
     match letter {
         'f' | 'r' => opts.sender = Some(strip_brackets(&value).to_owned()),
+        'F' if value.chars().any(char::is_control) => return Err(UsageError::FullName(value)),
         'F' => opts.full_name = Some(value),
         'b' => match value.chars().next() {
             Some('m') => {}

@@ -294,13 +294,15 @@ fn addresses(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A display name as it may stand in a From header.
+/// A display name as it may stand in a From header: quoted when it needs
+/// to be, and without control characters, so it cannot end the line.
 fn quote_name(name: &str) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
     let plain = name
         .chars()
         .all(|c| c.is_alphanumeric() || " !#$%&'*+-/=?^_`{|}~".contains(c));
     if plain {
-        name.to_owned()
+        name
     } else {
         format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
     }

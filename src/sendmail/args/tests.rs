@@ -145,6 +145,16 @@ fn modes_not_offered_are_usage_errors() {
         (&[], UsageError::NoRecipients),
         (&["-i", "-f", "a@x.test"], UsageError::NoRecipients),
         (&["--"], UsageError::NoRecipients),
+        // A full name that would break its From line.
+        (
+            &["-F", "Evil\r\nX-Injected: yes", "a@x.test"],
+            UsageError::FullName("Evil\r\nX-Injected: yes".into()),
+        ),
+        (
+            &["-FTab\there", "-t"],
+            UsageError::FullName("Tab\there".into()),
+        ),
+        (&["-F", "Nul\0", "-t"], UsageError::FullName("Nul\0".into())),
     ];
     for (args, want) in cases {
         assert_eq!(&refused(args), want, "{args:?}");

@@ -157,6 +157,12 @@ fn failures_before_connecting() {
             "sendmail: invalid address",
         ),
         (
+            &["-F", "Evil\r\nX-Injected: yes", "a@x.test"],
+            b"hi\n",
+            EX_USAGE,
+            "sendmail: invalid full name \"Evil\\r\\nX-Injected: yes\"",
+        ),
+        (
             &["a@x.test"],
             b"hi\n",
             EX_UNAVAILABLE,

@@ -234,3 +234,18 @@ fn a_leading_mbox_from_line_is_dropped() {
     assert!(text(&m).starts_with("Date: "), "{}", text(&m));
     assert!(text(&m).contains("\r\nFrom: me@x.test\r\nTo: d@z.test\r\n"));
 }
+
+#[test]
+fn a_full_name_never_breaks_its_from_line() {
+    let opts = parse(["-i", "a@x.test"]).unwrap();
+    let ctx = Context {
+        full_name: Some("Evil\r\nX-Injected: yes"),
+        ..CTX
+    };
+    let m = prepare(b"Subject: s\n\nb\n", &opts, &ctx).unwrap();
+    assert!(
+        text(&m).starts_with("From: \"EvilX-Injected: yes\" <site1@host.test>\r\nDate: "),
+        "{}",
+        text(&m)
+    );
+}
