@@ -2,8 +2,9 @@
 //! submit the way Postfix's pickup and cleanup would: LF or CRLF line ends
 //! read alike, a leading mbox `From ` line dropped, a lone `.` line ending
 //! the input unless `-i`, recipients taken from To, Cc and Bcc with `-t`,
-//! Bcc removed, and a missing From, Date or Message-ID added. Pure: the
-//! caller passes the user, the host name, the date and a message id.
+//! Bcc removed, and a missing From, Date or Message-ID added. One rule is
+//! mailbrake's own: a bare CR ends a line too (see `split_lines`). Pure:
+//! the caller passes the user, the host name, the date and a message id.
 
 use super::args::Options;
 
@@ -122,21 +123,13 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     })
 }
 
-/// The input's lines without their ends (LF, or CRLF), up to a lone `.`
-/// when `dot_ends`. A last line without an end is kept. The mbox `From `
+/// The input's lines, up to a lone `.` when `dot_ends`. The mbox `From `
 /// lines the input starts with (`>From ` too) are dropped, as Postfix's
 /// sendmail drops them: procmail and formail write one.
 fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut rest = input;
     let mut leading = true;
-    while !rest.is_empty() {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        rest = next;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    for line in split_lines(input) {
         leading = leading && is_mbox_from(line);
         if leading {
             continue;
@@ -147,6 +140,19 @@ fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
         out.push(line);
     }
     out
+}
+
+/// The input's lines without their ends: a LF, with the CRs before it (as
+/// Postfix's sendmail strips them), or a bare CR. A bare CR is a line end
+/// for some readers, so it is one here too: the dot rules then hold for
+/// every line, and no CR is left that mailbrake's proxy (or an MTA) could
+/// read as the start of `CR . CR`. A last line without an end is kept.
+fn split_lines(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+    input.split_inclusive(|&b| b == b'\n').flat_map(|piece| {
+        let piece = piece.strip_suffix(b"\n").unwrap_or(piece);
+        let crs = piece.iter().rev().take_while(|&&b| b == b'\r').count();
+        piece[..piece.len() - crs].split(|&b| b == b'\r')
+    })
 }
 
 /// An mbox separator line, `From ` after any number of `>`.

@@ -249,3 +249,40 @@ fn a_full_name_never_breaks_its_from_line() {
         text(&m)
     );
 }
+
+#[test]
+fn line_ends() {
+    // A bare CR ends a line as LF does; the CRs before a LF belong to it.
+    let cases: &[(&[u8], bool, &[&str])] = &[
+        (b"a\nb\r\nc", false, &["a", "b", "c"]),
+        (b"a\rb\r", false, &["a", "b"]),
+        (b"a\r\r\nb\r\r\r\n", false, &["a", "b"]),
+        (b"a\r\rb", false, &["a", "", "b"]),
+        (b"a\r\n\r\nb", false, &["a", "", "b"]),
+        (b"\r", false, &[""]),
+        (b"\r\n\r", false, &["", ""]),
+        (
+            b"line one\r.\nline two\n",
+            false,
+            &["line one", ".", "line two"],
+        ),
+        (b"line one\r.\nline two\n", true, &["line one"]),
+        (b"a\n.\rb", true, &["a"]),
+        (b"a\r..\rb", true, &["a", "..", "b"]),
+        (b"From x\r>From y\rTo: z\r", true, &["To: z"]),
+    ];
+    for (input, dot_ends, want) in cases {
+        let got: Vec<String> = lines(input, *dot_ends)
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn a_bare_cr_between_fields_does_not_hide_a_bcc() {
+    let m = prepared(&["-t"], "To: a@x.test\rBcc: b@y.test\rSubject: s\r\rbody\r");
+    assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
+    assert!(text(&m).ends_with("\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"));
+}
