@@ -173,6 +173,25 @@ fn a_usage_error_connects_to_nothing() {
 }
 
 #[test]
+fn a_submission_time_past_a_day_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("submit.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut cmd = subcommand(&["a@example.test"]);
+    cmd.env("MAILBRAKE_SUBMIT_SOCKET", &path)
+        .env("MAILBRAKE_SUBMIT_TIMEOUT", "18446744073709551615");
+    let (status, stderr) = run(cmd, b"Subject: x\n\nx\n");
+    assert_eq!(status, 64, "{stderr}");
+    assert!(
+        stderr.starts_with("sendmail: MAILBRAKE_SUBMIT_TIMEOUT must be a whole number"),
+        "{stderr}"
+    );
+    listener.set_nonblocking(true).unwrap();
+    let accepted = listener.accept().map(|_| ()).map_err(|e| e.kind());
+    assert_eq!(accepted, Err(std::io::ErrorKind::WouldBlock));
+}
+
+#[test]
 fn no_socket_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("missing.sock");

@@ -310,3 +310,15 @@ fn mailbrakes_data_scanner_ends_every_message_where_it_ends() {
         }
     }
 }
+
+#[test]
+fn a_time_past_what_the_clock_holds_is_not_a_panic() {
+    let mta = FakeMta::start(accepting);
+    let m = msg(&["a@x.test"], b"Subject: s\r\n\r\nb\r\n");
+    let forever = Settings {
+        helo: "web1.test",
+        timeout: Duration::MAX,
+        wind_down: Duration::MAX,
+    };
+    assert!(submit(&mta.path, &m, forever, None).is_ok());
+}
