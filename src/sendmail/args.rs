@@ -4,7 +4,8 @@
 //! options first, then recipients; `--` ends the options. The options a
 //! submission does not need are accepted and ignored, as Postfix does; the
 //! modes mailbrake does not offer (the queue, aliases, SMTP on standard
-//! input) are a usage error, never a silent success.
+//! input) and what Postfix refuses too (any `-X` but VERP's `-XV`) are a
+//! usage error, never a silent success.
 
 /// What one invocation asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +47,10 @@ pub enum UsageError {
     /// From line it is put in.
     #[error("invalid full name {0:?}: -F cannot hold a control character")]
     FullName(String),
+    /// Any `-X` but VERP's `-XV` (Sendmail's `-X FILE` traffic log
+    /// included), as Postfix's sendmail refuses it.
+    #[error("-X{0} is not offered: there is no traffic log, and -X takes only V (VERP)")]
+    NotOfferedX(String),
 }
 
 /// Options that take an argument (attached, or the next word).
@@ -68,11 +73,14 @@ where
         if arg == "--" {
             break;
         }
-        // Postfix reads a lone -q and -V before getopt sees them.
+        // Postfix reads these before getopt sees them: a lone -q; a lone -V
+        // before a two-character word (`-V -i`), which is Postfix 2.2's VERP
+        // and leaves the word alone; and VERP's -XV.
         if arg == "-q" {
             return Err(UsageError::NotOffered("q".into()));
         }
-        if arg == "-V" {
+        let old_verp = arg == "-V" && args.peek().is_some_and(|next| next.len() == 2);
+        if old_verp || arg == "-XV" {
             continue;
         }
         for (at, letter) in arg[1..].char_indices() {
@@ -123,6 +131,11 @@ fn with_argument(opts: &mut Options, letter: char, value: String) -> Result<(), 
             _ => return Err(UsageError::NotOffered(format!("b{value}"))),
         },
         'q' => return Err(UsageError::NotOffered(format!("q{value}"))),
+        // -XVxy: VERP with the delimiters x and y, ignored.
+        'X' if value
+            .strip_prefix('V')
+            .is_some_and(|d| d.chars().count() == 2) => {}
+        'X' => return Err(UsageError::NotOfferedX(value)),
         'B' if value != "8BITMIME" && value != "7BIT" => return Err(UsageError::BodyType),
         'o' => match value.chars().next() {
             Some('i') => opts.dot_ends_input = false,
@@ -130,7 +143,8 @@ fn with_argument(opts: &mut Options, letter: char, value: String) -> Result<(), 
             // -o7, -o8, -om, -oem, -odb, -odi, -oQ…: ignored.
             _ => {}
         },
-        // A, C (configuration), L, N (DSN), O, R, V (VERP), X (log), e, h, p: ignored.
+        // A, C (configuration), L, N, R, V (DSN: notify, return, envelope
+        // id), O, e, h, p: ignored.
         _ => {}
     }
     Ok(())
