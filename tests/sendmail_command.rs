@@ -156,20 +156,30 @@ fn what_becomes_of_the_message_after_its_final_dot() {
 
 #[test]
 fn a_usage_error_connects_to_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("submit.sock");
-    let listener = UnixListener::bind(&path).unwrap();
-    let mut cmd = subcommand(&["-bp"]);
-    cmd.env("MAILBRAKE_SUBMIT_SOCKET", &path);
-    let (status, stderr) = run(cmd, b"Subject: x\n\nx\n");
-    assert_eq!(status, 64);
-    assert!(
-        stderr.starts_with("sendmail: -bp is not offered"),
-        "{stderr}"
-    );
-    listener.set_nonblocking(true).unwrap();
-    let accepted = listener.accept().map(|_| ()).map_err(|e| e.kind());
-    assert_eq!(accepted, Err(std::io::ErrorKind::WouldBlock));
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (&["-bp"], None, "sendmail: -bp is not offered"),
+        (
+            &["a@example.test"],
+            Some("18446744073709551615"),
+            "sendmail: MAILBRAKE_SUBMIT_TIMEOUT must be a whole number",
+        ),
+    ];
+    for (args, timeout, start) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("submit.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut cmd = subcommand(args);
+        cmd.env("MAILBRAKE_SUBMIT_SOCKET", &path);
+        if let Some(timeout) = timeout {
+            cmd.env("MAILBRAKE_SUBMIT_TIMEOUT", timeout);
+        }
+        let (status, stderr) = run(cmd, b"Subject: x\n\nx\n");
+        assert_eq!(status, 64, "{args:?}: {stderr}");
+        assert!(stderr.starts_with(start), "{args:?}: {stderr}");
+        listener.set_nonblocking(true).unwrap();
+        let accepted = listener.accept().map(|_| ()).map_err(|e| e.kind());
+        assert_eq!(accepted, Err(std::io::ErrorKind::WouldBlock), "{args:?}");
+    }
 }
 
 #[test]

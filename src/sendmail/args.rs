@@ -4,7 +4,8 @@
 //! options first, then recipients; `--` ends the options. The options a
 //! submission does not need are accepted and ignored, as Postfix does; the
 //! modes mailbrake does not offer (the queue, aliases, SMTP on standard
-//! input) are a usage error, never a silent success.
+//! input) and what Postfix refuses too (any `-X` but VERP's `-XV`) are a
+//! usage error, never a silent success.
 
 /// What one invocation asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,7 +18,8 @@ pub struct Options {
     /// `-f ADDR`, `-fADDR` or `-r ADDR`: the envelope sender, without angle
     /// brackets (`-f '<>'` is the null sender, `Some("")`).
     pub sender: Option<String>,
-    /// `-F NAME`: the sender's full name, for a From header added.
+    /// `-F NAME`: the sender's full name, for a From header added (never
+    /// with a control character).
     pub full_name: Option<String>,
     /// `-v`, given at least once.
     pub verbose: bool,
@@ -41,6 +43,14 @@ pub enum UsageError {
     AliasPath,
     #[error("recipients must be given on the command line or with -t")]
     NoRecipients,
+    /// A `-F` name with a control character (CR, LF…), which would end the
+    /// From line it is put in.
+    #[error("invalid full name {0:?}: -F cannot hold a control character")]
+    FullName(String),
+    /// Any `-X` but VERP's `-XV` (Sendmail's `-X FILE` traffic log
+    /// included), as Postfix's sendmail refuses it.
+    #[error("-X{0} is not offered: there is no traffic log, and -X takes only V (VERP)")]
+    NotOfferedX(String),
 }
 
 /// Options that take an argument (attached, or the next word).
@@ -63,11 +73,14 @@ where
         if arg == "--" {
             break;
         }
-        // Postfix reads a lone -q and -V before getopt sees them.
+        // Postfix reads these before getopt sees them: a lone -q; a lone -V
+        // before a two-character word (`-V -i`), which is Postfix 2.2's VERP
+        // and leaves the word alone; and VERP's -XV.
         if arg == "-q" {
             return Err(UsageError::NotOffered("q".into()));
         }
-        if arg == "-V" {
+        let old_verp = arg == "-V" && args.peek().is_some_and(|next| next.len() == 2);
+        if old_verp || arg == "-XV" {
             continue;
         }
         for (at, letter) in arg[1..].char_indices() {
@@ -111,12 +124,18 @@ fn flag(opts: &mut Options, letter: char) -> Result<(), UsageError> {
 fn with_argument(opts: &mut Options, letter: char, value: String) -> Result<(), UsageError> {
     match letter {
         'f' | 'r' => opts.sender = Some(strip_brackets(&value).to_owned()),
+        'F' if value.chars().any(char::is_control) => return Err(UsageError::FullName(value)),
         'F' => opts.full_name = Some(value),
         'b' => match value.chars().next() {
             Some('m') => {}
             _ => return Err(UsageError::NotOffered(format!("b{value}"))),
         },
         'q' => return Err(UsageError::NotOffered(format!("q{value}"))),
+        // -XVxy: VERP with the delimiters x and y, ignored.
+        'X' if value
+            .strip_prefix('V')
+            .is_some_and(|d| d.chars().count() == 2) => {}
+        'X' => return Err(UsageError::NotOfferedX(value)),
         'B' if value != "8BITMIME" && value != "7BIT" => return Err(UsageError::BodyType),
         'o' => match value.chars().next() {
             Some('i') => opts.dot_ends_input = false,
@@ -124,7 +143,8 @@ fn with_argument(opts: &mut Options, letter: char, value: String) -> Result<(), 
             // -o7, -o8, -om, -oem, -odb, -odi, -oQ…: ignored.
             _ => {}
         },
-        // A, C (configuration), L, N (DSN), O, R, V (VERP), X (log), e, h, p: ignored.
+        // A, C (configuration), L, N, R, V (DSN: notify, return, envelope
+        // id), O, e, h, p: ignored.
         _ => {}
     }
     Ok(())

@@ -19,7 +19,8 @@ use super::{args, dialogue, local, message, submit};
 pub const SOCKET: &str = "/run/mailbrake/submit.sock";
 /// The environment variable naming the socket, under `--socket`.
 pub const SOCKET_ENV: &str = "MAILBRAKE_SUBMIT_SOCKET";
-/// The environment variable giving the whole submission's time, in seconds.
+/// The environment variable giving the whole submission's time, in seconds
+/// (1 to [`submit::MAX_TIMEOUT`]).
 pub const TIMEOUT_ENV: &str = "MAILBRAKE_SUBMIT_TIMEOUT";
 /// The whole submission's time by default, connecting to QUIT.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
@@ -172,7 +173,10 @@ pub enum SetupError {
     Usage(#[from] args::UsageError),
     #[error("--socket needs a path")]
     SocketPath,
-    #[error("{TIMEOUT_ENV} must be a whole number of seconds, not {0:?}")]
+    #[error(
+        "{TIMEOUT_ENV} must be a whole number of seconds from 1 to {max}, not {0:?}",
+        max = submit::MAX_TIMEOUT.as_secs()
+    )]
     Timeout(String),
 }
 
@@ -228,7 +232,9 @@ fn socket_option(args: &[OsString]) -> Result<(Option<PathBuf>, &[OsString]), Se
 fn timeout(value: &OsStr) -> Result<Duration, SetupError> {
     let text = value.to_string_lossy();
     match text.trim().parse::<u64>() {
-        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        Ok(secs) if (1..=submit::MAX_TIMEOUT.as_secs()).contains(&secs) => {
+            Ok(Duration::from_secs(secs))
+        }
         _ => Err(SetupError::Timeout(text.into_owned())),
     }
 }

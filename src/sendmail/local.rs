@@ -8,7 +8,8 @@ pub struct System {
     /// The passwd name of the real uid, or the uid in decimal without one.
     pub login: String,
     /// The passwd GECOS field up to its first comma, `&` standing for the
-    /// login capitalized (as Postfix reads it); `None` when empty.
+    /// login capitalized (as Postfix reads it), without control characters;
+    /// `None` when empty.
     pub full_name: Option<String>,
     /// The first line of `/etc/mailname`, or else the host name.
     pub domain: String,
@@ -46,7 +47,9 @@ impl System {
     }
 }
 
-/// The full name in a GECOS field (`Jane Doe,Room 1,,` → `Jane Doe`).
+/// The full name in a GECOS field (`Jane Doe,Room 1,,` → `Jane Doe`). A
+/// user may set their own (chfn), so the control characters that would
+/// break the From line it goes in are left out.
 pub fn full_name(gecos: &str, login: &str) -> Option<String> {
     let name = gecos.split(',').next().unwrap_or_default();
     let mut capitalized = login.chars();
@@ -54,7 +57,11 @@ pub fn full_name(gecos: &str, login: &str) -> Option<String> {
         Some(first) => first.to_uppercase().chain(capitalized).collect(),
         None => String::new(),
     };
-    let name = name.replace('&', &capitalized);
+    let name: String = name
+        .replace('&', &capitalized)
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     let name = name.trim();
     (!name.is_empty()).then(|| name.to_owned())
 }

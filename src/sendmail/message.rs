@@ -1,9 +1,10 @@
 //! The message a sendmail caller writes on standard input, made ready to
 //! submit the way Postfix's pickup and cleanup would: LF or CRLF line ends
-//! read alike, a lone `.` line ending the input unless `-i`, recipients
-//! taken from To, Cc and Bcc with `-t`, Bcc removed, and a missing From,
-//! Date or Message-ID added. Pure: the caller passes the user, the host
-//! name, the date and a message id.
+//! read alike, a leading mbox `From ` line dropped, a lone `.` line ending
+//! the input unless `-i`, recipients taken from To, Cc and Bcc with `-t`,
+//! Bcc removed, and a missing From, Date or Message-ID added. One rule is
+//! mailbrake's own: a bare CR ends a line too (see `split_lines`). Pure:
+//! the caller passes the user, the host name, the date and a message id.
 
 use super::args::Options;
 
@@ -122,24 +123,42 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     })
 }
 
-/// The input's lines without their ends (LF, or CRLF), up to a lone `.`
-/// when `dot_ends`. A last line without an end is kept.
+/// The input's lines, up to a lone `.` when `dot_ends`. The mbox `From `
+/// lines the input starts with (`>From ` too) are dropped, as Postfix's
+/// sendmail drops them: procmail and formail write one.
 fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut rest = input;
-    while !rest.is_empty() {
-        let (line, next) = match memchr::memchr(b'\n', rest) {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut leading = true;
+    for line in split_lines(input) {
+        leading = leading && is_mbox_from(line);
+        if leading {
+            continue;
+        }
         if dot_ends && line == b"." {
             break;
         }
         out.push(line);
-        rest = next;
     }
     out
+}
+
+/// The input's lines without their ends: a LF, with the CRs before it (as
+/// Postfix's sendmail strips them), or a bare CR. A bare CR is a line end
+/// for some readers, so it is one here too: the dot rules then hold for
+/// every line, and no CR is left that mailbrake's proxy (or an MTA) could
+/// read as the start of `CR . CR`. A last line without an end is kept.
+fn split_lines(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+    input.split_inclusive(|&b| b == b'\n').flat_map(|piece| {
+        let piece = piece.strip_suffix(b"\n").unwrap_or(piece);
+        let crs = piece.iter().rev().take_while(|&&b| b == b'\r').count();
+        piece[..piece.len() - crs].split(|&b| b == b'\r')
+    })
+}
+
+/// An mbox separator line, `From ` after any number of `>`.
+fn is_mbox_from(line: &[u8]) -> bool {
+    let quotes = line.iter().take_while(|&&b| b == b'>').count();
+    line[quotes..].starts_with(b"From ")
 }
 
 /// One header field: the lines it spans (its first and continuations).
@@ -190,12 +209,17 @@ fn header_fields(lines: &[&[u8]]) -> (Vec<Field>, usize) {
     (fields, lines.len())
 }
 
-/// `Name:` at the start of a header line (printable ASCII, no space).
+/// The name of a header line `Name:`, or `Name :` in RFC 5322's obsolete
+/// syntax (§4.5.3): printable ASCII, then spaces or tabs before the colon,
+/// as Postfix's `is_header_buf` reads it. The name comes without them.
 fn field_name(line: &[u8]) -> Option<String> {
     let colon = memchr::memchr(b':', line)?;
-    let name = &line[..colon];
-    (!name.is_empty() && name.iter().all(|b| (33..=126).contains(b)))
-        .then(|| String::from_utf8_lossy(name).into_owned())
+    let name = line[..colon].trim_ascii_end();
+    let blank_only = |b: &[u8]| b.iter().all(|&c| c == b' ' || c == b'\t');
+    (!name.is_empty()
+        && name.iter().all(|b| (33..=126).contains(b))
+        && blank_only(&line[name.len()..colon]))
+    .then(|| String::from_utf8_lossy(name).into_owned())
 }
 
 /// The addresses of an RFC 5322 address list: `a@x`, `Name <a@x>`,
@@ -276,13 +300,15 @@ fn addresses(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A display name as it may stand in a From header.
+/// A display name as it may stand in a From header: quoted when it needs
+/// to be, and without control characters, so it cannot end the line.
 fn quote_name(name: &str) -> String {
+    let name: String = name.chars().filter(|c| !c.is_control()).collect();
     let plain = name
         .chars()
         .all(|c| c.is_alphanumeric() || " !#$%&'*+-/=?^_`{|}~".contains(c));
     if plain {
-        name.to_owned()
+        name
     } else {
         format!("\"{}\"", name.replace('\\', "\\\\").replace('"', "\\\""))
     }

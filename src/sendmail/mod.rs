@@ -24,7 +24,7 @@
 //! | status | name | when |
 //! | --- | --- | --- |
 //! | 0 | EX_OK | the end-of-data reply was 2xx, every RCPT having been accepted |
-//! | 64 | EX_USAGE | a bad command line, a message with no recipient, an address with a control character |
+//! | 64 | EX_USAGE | a bad command line, a message with no recipient, an address or a `-F` name with a control character |
 //! | 65 | EX_DATAERR | the end-of-data reply was 5xx: the message itself is refused |
 //! | 67 | EX_NOUSER | recipients refused with 5xx, none with 4xx; nothing was sent |
 //! | 69 | EX_UNAVAILABLE | the socket cannot be connected (missing, refused, permission denied), or 5xx to the greeting, EHLO, MAIL or DATA |

@@ -16,7 +16,8 @@ use super::reply::{self, Garbled, Reply};
 pub struct Settings<'a> {
     /// The name EHLO gives.
     pub helo: &'a str,
-    /// The time the whole submission may take, connecting included.
+    /// The time the whole submission may take, connecting included (at
+    /// most [`MAX_TIMEOUT`]: a longer one is cut to it).
     pub timeout: Duration,
     /// The time RSET and QUIT may take once the outcome is known (within
     /// `timeout`): a server slow to say goodbye does not hold the caller.
@@ -25,6 +26,8 @@ pub struct Settings<'a> {
 
 /// [`Settings::wind_down`] for the command.
 pub const WIND_DOWN: Duration = Duration::from_secs(5);
+/// The longest [`Settings::timeout`]: a day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 /// Submits `msg` through the socket at `socket`. With `trace`, the dialogue
 /// is written there, client lines as `>>> ` and server lines as `<<< `,
@@ -36,7 +39,7 @@ pub fn submit(
     trace: Option<&mut dyn Write>,
 ) -> Result<(), Failure> {
     check_addresses(msg)?;
-    let deadline = crate::clock::now() + settings.timeout;
+    let deadline = later(crate::clock::now(), settings.timeout);
     let stream = connect(socket, deadline).map_err(|error| Failure::Connect {
         path: socket.display().to_string(),
         error,
@@ -55,7 +58,9 @@ pub fn submit(
         };
         let action = dialogue.on_reply(reply);
         if dialogue.decided() {
-            conn.deadline = conn.deadline.min(crate::clock::now() + settings.wind_down);
+            conn.deadline = conn
+                .deadline
+                .min(later(crate::clock::now(), settings.wind_down));
         }
         let sent = match action {
             Action::Close => return dialogue.outcome(),
@@ -68,6 +73,13 @@ pub fn submit(
     };
     let step = dialogue.step();
     dialogue.interrupted(broken.at(step))
+}
+
+/// `wait` after `now`, a wait longer than [`MAX_TIMEOUT`] cut to it: an
+/// `Instant` cannot hold every `Duration`, and adding past its end panics.
+/// (Within a day of its end, which no clock reaches, the time is up.)
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait.min(MAX_TIMEOUT)).unwrap_or(now)
 }
 
 /// Connects before `deadline`. On Linux a stream socket's send timeout

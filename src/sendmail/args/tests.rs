@@ -100,7 +100,7 @@ fn what_real_callers_pass() {
         (
             "ignored options with their arguments, attached or not",
             &[
-                "-N", "never", "-R", "hdrs", "-X", "/tmp/log", "-C/etc/x", "-h", "17", "-V", "-U",
+                "-N", "never", "-R", "hdrs", "-C/etc/x", "-h", "17", "-V", "envid-1", "-XV", "-U",
                 "a@x.test",
             ],
             Options {
@@ -113,6 +113,33 @@ fn what_real_callers_pass() {
     for (what, args, want) in cases {
         assert_eq!(&ok(args), want, "{what}: {args:?}");
     }
+}
+
+#[test]
+fn v_and_x_as_postfix_reads_them() {
+    let cases: &[(&[&str], &[&str])] = &[
+        // -V takes the DSN envelope id, attached or the next word.
+        (
+            &["-V", "envid-123", "you@example.net"],
+            &["you@example.net"],
+        ),
+        (&["-Venvid-123", "you@example.net"], &["you@example.net"]),
+        // Before a two-character word, a lone -V is Postfix 2.2's VERP
+        // (-XV now), and the word is not its argument.
+        (&["-V", "-i", "you@example.net"], &["you@example.net"]),
+        (&["-V", "xy", "you@example.net"], &["xy", "you@example.net"]),
+        // VERP, with the default delimiters or two given: ignored.
+        (&["-XV", "you@example.net"], &["you@example.net"]),
+        (&["-XV-=", "you@example.net"], &["you@example.net"]),
+        (&["-tXV+="], &[]),
+    ];
+    for (args, recipients) in cases {
+        assert_eq!(ok(args).recipients, to(recipients), "{args:?}");
+    }
+    assert_eq!(
+        refused(&["-X", "/tmp/traffic.log", "a@x.test"]).to_string(),
+        "-X/tmp/traffic.log is not offered: there is no traffic log, and -X takes only V (VERP)"
+    );
 }
 
 #[test]
@@ -145,6 +172,35 @@ fn modes_not_offered_are_usage_errors() {
         (&[], UsageError::NoRecipients),
         (&["-i", "-f", "a@x.test"], UsageError::NoRecipients),
         (&["--"], UsageError::NoRecipients),
+        (&["-t", "-V"], UsageError::MissingArgument('V')),
+        // Sendmail's traffic log, and every -X but VERP's, as Postfix refuses them.
+        (
+            &["-X", "/tmp/log", "a@x.test"],
+            UsageError::NotOfferedX("/tmp/log".into()),
+        ),
+        (
+            &["-X/tmp/log", "a@x.test"],
+            UsageError::NotOfferedX("/tmp/log".into()),
+        ),
+        (
+            &["-X", "V", "a@x.test"],
+            UsageError::NotOfferedX("V".into()),
+        ),
+        (
+            &["-XVabc", "a@x.test"],
+            UsageError::NotOfferedX("Vabc".into()),
+        ),
+        (&["-tXV"], UsageError::NotOfferedX("V".into())),
+        // A full name that would break its From line.
+        (
+            &["-F", "Evil\r\nX-Injected: yes", "a@x.test"],
+            UsageError::FullName("Evil\r\nX-Injected: yes".into()),
+        ),
+        (
+            &["-FTab\there", "-t"],
+            UsageError::FullName("Tab\there".into()),
+        ),
+        (&["-F", "Nul\0", "-t"], UsageError::FullName("Nul\0".into())),
     ];
     for (args, want) in cases {
         assert_eq!(&refused(args), want, "{args:?}");

@@ -97,9 +97,25 @@ fn the_submission_time_from_the_environment() {
     let time = |env: &Env| setup(&invocation, env).map(|(_, t, _)| t);
     assert_eq!(time(&Env::default()), Ok(TIMEOUT));
     assert_eq!(time(&with("5")), Ok(Duration::from_secs(5)));
-    for bad in ["", "0", "-1", "1.5", "soon"] {
+    assert_eq!(time(&with("86400")), Ok(Duration::from_secs(86_400)));
+    let huge = "18446744073709551615";
+    for bad in [
+        "",
+        "0",
+        "-1",
+        "1.5",
+        "soon",
+        "86401",
+        huge,
+        "99999999999999999999",
+    ] {
         assert_eq!(time(&with(bad)), Err(SetupError::Timeout(bad.into())));
     }
+    assert_eq!(
+        time(&with(huge)).unwrap_err().to_string(),
+        "MAILBRAKE_SUBMIT_TIMEOUT must be a whole number of seconds from 1 to 86400, \
+         not \"18446744073709551615\""
+    );
 }
 
 /// Runs the command on `input` (not a terminal); returns the status and stderr.
@@ -155,6 +171,12 @@ fn failures_before_connecting() {
             b"hi\n",
             EX_USAGE,
             "sendmail: invalid address",
+        ),
+        (
+            &["-F", "Evil\r\nX-Injected: yes", "a@x.test"],
+            b"hi\n",
+            EX_USAGE,
+            "sendmail: invalid full name \"Evil\\r\\nX-Injected: yes\"",
         ),
         (
             &["a@x.test"],

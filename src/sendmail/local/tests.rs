@@ -52,6 +52,14 @@ fn full_names_from_gecos() {
         (",,,", "www-data", None),
         ("", "www-data", None),
         ("  ", "www-data", None),
+        // A name that would break the From line it is put in.
+        (
+            "Evil\r\nX-Injected: yes,,,",
+            "evil",
+            Some("EvilX-Injected: yes"),
+        ),
+        ("\x1b[31mRed\x7f\t\u{85},", "red", Some("[31mRed")),
+        ("\r\n", "www-data", None),
     ];
     for (gecos, login, expected) in cases {
         assert_eq!(full_name(gecos, login).as_deref(), expected, "{gecos:?}");

@@ -166,3 +166,123 @@ fn recipients_are_each_named_once() {
     );
     assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
 }
+
+#[test]
+fn space_before_a_colon_still_makes_a_header() {
+    // RFC 5322 §4.5's obsolete syntax, which Postfix's is_header_buf reads:
+    // the fields after it stay fields, so the Bcc is taken and removed.
+    let m = prepared(
+        &["-t", "-i"],
+        "To: you@example.net\nSubject : hi\nBcc: hidden@example.org\n\nbody\n",
+    );
+    assert_eq!(m.recipients, ["you@example.net", "hidden@example.org"]);
+    assert!(!text(&m).contains("hidden"), "{}", text(&m));
+    assert!(text(&m).contains("\r\nSubject : hi\r\n\r\nbody\r\n"));
+    let m = prepared(&["-t"], "Subject\t:x\nBCC \t: quiet@y.test\nFrom : a@x\n\n");
+    assert_eq!(m.recipients, ["quiet@y.test"], "the name trimmed");
+    assert!(!text(&m).contains("quiet"), "{}", text(&m));
+    assert!(!text(&m).contains("From: "), "From is there: {}", text(&m));
+}
+
+#[test]
+fn header_names() {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("Subject: x", Some("Subject")),
+        ("Subject:", Some("Subject")),
+        ("Subject :x", Some("Subject")),
+        ("Subject \t : x", Some("Subject")),
+        ("X-8:", Some("X-8")),
+        (": x", None),
+        (" Subject: x", None),
+        ("Two words: x", None),
+        ("From someone@x.test Tue Dec  1 14:00:00 2026", None),
+        ("Sub\u{e9}ject: x", None),
+        ("no colon", None),
+    ];
+    for (line, want) in cases {
+        assert_eq!(field_name(line.as_bytes()).as_deref(), *want, "{line:?}");
+    }
+}
+
+#[test]
+fn a_leading_mbox_from_line_is_dropped() {
+    // procmail and formail write one; Postfix's sendmail drops it.
+    let m = prepared(
+        &["-i", "you@example.net"],
+        "From site7@hosting.test Tue Dec  1 14:00:00 2026\nTo: you@example.net\n\
+         Bcc: hidden@example.org\nSubject: hi\n\nbody\n",
+    );
+    assert!(!text(&m).contains("hidden"), "{}", text(&m));
+    assert!(!text(&m).contains("From site7"), "{}", text(&m));
+    assert!(text(&m).ends_with("\r\nTo: you@example.net\r\nSubject: hi\r\n\r\nbody\r\n"));
+    // `>From ` lines too, as many as lead; a later one is body.
+    let m = prepared(
+        &["-t"],
+        "From a@x.test Mon\r\n>From b@y.test Sun\r\n>>From c\r\nTo: d@z.test\r\n\r\n\
+         From here on\r\n>From there\r\n",
+    );
+    assert_eq!(m.recipients, ["d@z.test"]);
+    assert!(
+        text(&m).ends_with(
+            "Message-ID: <1.2.3@host.test>\r\nTo: d@z.test\r\n\r\nFrom here on\r\n>From there\r\n"
+        ),
+        "{}",
+        text(&m)
+    );
+    // Only `From ` with its space: a From header is a header.
+    let m = prepared(&["-t"], "From: me@x.test\nTo: d@z.test\n\n");
+    assert!(text(&m).starts_with("Date: "), "{}", text(&m));
+    assert!(text(&m).contains("\r\nFrom: me@x.test\r\nTo: d@z.test\r\n"));
+}
+
+#[test]
+fn a_full_name_never_breaks_its_from_line() {
+    let opts = parse(["-i", "a@x.test"]).unwrap();
+    let ctx = Context {
+        full_name: Some("Evil\r\nX-Injected: yes"),
+        ..CTX
+    };
+    let m = prepare(b"Subject: s\n\nb\n", &opts, &ctx).unwrap();
+    assert!(
+        text(&m).starts_with("From: \"EvilX-Injected: yes\" <site1@host.test>\r\nDate: "),
+        "{}",
+        text(&m)
+    );
+}
+
+#[test]
+fn line_ends() {
+    // A bare CR ends a line as LF does; the CRs before a LF belong to it.
+    let cases: &[(&[u8], bool, &[&str])] = &[
+        (b"a\nb\r\nc", false, &["a", "b", "c"]),
+        (b"a\rb\r", false, &["a", "b"]),
+        (b"a\r\r\nb\r\r\r\n", false, &["a", "b"]),
+        (b"a\r\rb", false, &["a", "", "b"]),
+        (b"a\r\n\r\nb", false, &["a", "", "b"]),
+        (b"\r", false, &[""]),
+        (b"\r\n\r", false, &["", ""]),
+        (
+            b"line one\r.\nline two\n",
+            false,
+            &["line one", ".", "line two"],
+        ),
+        (b"line one\r.\nline two\n", true, &["line one"]),
+        (b"a\n.\rb", true, &["a"]),
+        (b"a\r..\rb", true, &["a", "..", "b"]),
+        (b"From x\r>From y\rTo: z\r", true, &["To: z"]),
+    ];
+    for (input, dot_ends, want) in cases {
+        let got: Vec<String> = lines(input, *dot_ends)
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn a_bare_cr_between_fields_does_not_hide_a_bcc() {
+    let m = prepared(&["-t"], "To: a@x.test\rBcc: b@y.test\rSubject: s\r\rbody\r");
+    assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
+    assert!(text(&m).ends_with("\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"));
+}

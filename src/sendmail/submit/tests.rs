@@ -256,3 +256,69 @@ fn dot_stuffing() {
         );
     }
 }
+
+/// What goes on the wire after DATA for a message prepared from `input`.
+fn wire_of(args: &[&str], input: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use crate::sendmail::{args::parse, message};
+    let ctx = message::Context {
+        login: "site7",
+        domain: "hosting.test",
+        full_name: None,
+        date: "Tue, 1 Dec 2026 14:00:00 +0000",
+        message_id: "x.1@hosting.test",
+    };
+    let opts = parse(args.iter().copied()).unwrap();
+    let data = message::prepare(input, &opts, &ctx).unwrap().data;
+    let mut wire: Vec<u8> = dot_stuffed(&data).flatten().copied().collect();
+    wire.extend_from_slice(end_of_data(&data));
+    (data, wire)
+}
+
+/// Every CR followed by LF, every LF after a CR.
+fn only_crlf(data: &[u8]) -> bool {
+    data.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => data.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && data[i - 1] == b'\r',
+        _ => true,
+    })
+}
+
+#[test]
+fn mailbrakes_data_scanner_ends_every_message_where_it_ends() {
+    use crate::session::data::{DataScanner, Scan};
+    // What Postfix delivers, mailbrake's proxy must not take for smuggling.
+    let mut inputs: Vec<Vec<u8>> = vec![b"line one\r.\nline two\n".to_vec()];
+    // And every short input of the bytes that make lines and dots.
+    let alphabet = [b'\r', b'\n', b'.', b'a'];
+    for len in 0..=6u32 {
+        for n in 0..alphabet.len().pow(len) {
+            let input = (0..len).map(|k| alphabet[n / alphabet.len().pow(k) % alphabet.len()]);
+            inputs.push(input.collect());
+        }
+    }
+    for input in &inputs {
+        for args in [&["a@x.test"][..], &["-i", "a@x.test"]] {
+            let (data, wire) = wire_of(args, input);
+            let shown = String::from_utf8_lossy(input);
+            assert!(only_crlf(&data), "{args:?} {shown:?}: {data:?}");
+            assert_eq!(
+                DataScanner::new().scan(&wire),
+                Scan::End { end: wire.len() },
+                "{args:?} {shown:?}: {:?}",
+                String::from_utf8_lossy(&wire)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_time_past_what_the_clock_holds_is_not_a_panic() {
+    let mta = FakeMta::start(accepting);
+    let m = msg(&["a@x.test"], b"Subject: s\r\n\r\nb\r\n");
+    let forever = Settings {
+        helo: "web1.test",
+        timeout: Duration::MAX,
+        wind_down: Duration::MAX,
+    };
+    assert!(submit(&mta.path, &m, forever, None).is_ok());
+}
