@@ -183,7 +183,7 @@ async fn failed_writes_are_retried_until_space_returns_and_nothing_is_lost() {
     assert!(delivered && accepted(&replies) == 2, "{replies:#?}");
     for r in &replies[2..] {
         assert!(
-            r.starts_with("450 4.7.1 Recipient limit reached for ip:127.0.0.1 (12/1h)"),
+            r.starts_with("450 4.7.1 Recipient limit reached for ") && r.contains(" (12/1h)"),
             "{r}"
         );
     }

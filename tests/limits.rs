@@ -305,7 +305,14 @@ async fn exempt_users_are_not_limited_and_overrides_raise_the_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_auth_the_key_is_the_client_address() {
-    let mut rig = Rig::start("default = \"2/1h\"\n", NO_PROTECT).await;
+    // The test's client is on this host, so by default it would be its Unix
+    // user (tests/unix_socket.rs, tests/uids.rs): the order here leaves that
+    // source out, as an operator who counts by address would.
+    let mut rig = Rig::start(
+        "default = \"2/1h\"\nidentity = [\"auth\", \"vhost\", \"ip\"]\n",
+        NO_PROTECT,
+    )
+    .await;
     let mut c = rig.session(None).await;
     let replies = send_message(&mut c, &rcpts("x", 3)).await;
     assert_split(&replies, 2, "450 4.7.1", "ip:127.0.0.1", "2/1h");
@@ -582,7 +589,8 @@ async fn repeated_auth_failures_from_one_address_get_421() {
 /// limit of the addresses in it; it may not be silently ignored.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ipv4_network_override_is_applied_or_refused_never_ignored() {
-    let limits = "default = \"12/1h\"\n\
+    // Counted by address (a client on this host is otherwise its user).
+    let limits = "default = \"12/1h\"\nidentity = [\"auth\", \"vhost\", \"ip\"]\n\
                   [[limits.override]]\nkey = \"ip:127.0.0.0/8\"\nlimit = \"3/1h\"\n";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mailbrake.toml");

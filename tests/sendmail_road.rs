@@ -257,6 +257,18 @@ fn cases() -> Vec<Case> {
             Want::Refused(64, stderr),
         ));
     }
+    // -X is a traffic log in Sendmail; Postfix refuses it but for VERP's.
+    cases.push(case(
+        "-X, refused as Postfix does",
+        &["-X", "/tmp/log", R],
+        &plain,
+        Want::Refused(
+            64,
+            "sendmail: -X/tmp/log is not offered: there is no traffic log, and -X takes only V \
+             (VERP)"
+                .to_owned(),
+        ),
+    ));
     // Accepted and ignored, as Postfix's sendmail does.
     let ignored: [&'static [&'static str]; 12] = [
         &["-oem", R],
@@ -265,7 +277,7 @@ fn cases() -> Vec<Case> {
         &["-B8BITMIME", R],
         &["-N", "never", R],
         &["-R", "hdrs", R],
-        &["-X", "/tmp/log", R],
+        &["-XV", R],
         &["-C", "/etc/x", R],
         &["-h", "5", R],
         &["-Venvid", R],

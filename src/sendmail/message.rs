@@ -54,13 +54,23 @@ const BLIND: &[&str] = &["bcc", "resent-bcc"];
 pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, MessageError> {
     let lines = lines(input, opts.dot_ends_input);
     let (fields, body_at) = header_fields(&lines);
+    // An address without a domain is this host's, as Postfix's
+    // append_at_myorigin makes it (cron mails "root").
+    let qualified = |addr: &str| {
+        if addr.is_empty() || addr.contains('@') {
+            addr.to_owned()
+        } else {
+            format!("{addr}@{}", ctx.domain)
+        }
+    };
     let sender = match &opts.sender {
-        Some(s) => s.clone(),
+        Some(s) => qualified(s),
         None => format!("{}@{}", ctx.login, ctx.domain),
     };
 
     let mut recipients: Vec<String> = Vec::new();
     let mut add = |addr: String| {
+        let addr = qualified(&addr);
         if !addr.is_empty() && !recipients.iter().any(|r| r.eq_ignore_ascii_case(&addr)) {
             recipients.push(addr);
         }
@@ -88,6 +98,8 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     let has = |names: &[&str]| fields.iter().any(|f| f.name_is(names));
     if !has(&["from"]) {
         let from = match opts.full_name.as_deref().or(ctx.full_name) {
+            // The null sender has no mailbox: Postfix's cleanup writes this.
+            _ if sender.is_empty() => "From: MAILER-DAEMON".to_owned(),
             Some(name) => format!("From: {} <{sender}>", quote_name(name)),
             None => format!("From: {sender}"),
         };
@@ -225,7 +237,7 @@ fn field_name(line: &[u8]) -> Option<String> {
 /// The addresses of an RFC 5322 address list: `a@x`, `Name <a@x>`,
 /// `"Quoted, Name" <a@x>`, comments, domain literals, and groups
 /// (`team: a@x, b@y;`, `undisclosed-recipients:;`). A bare local part
-/// (`root`, as cron writes) is kept as it is.
+/// (`root`, as cron writes) is kept as it is, and qualified by the caller.
 fn addresses(list: &str) -> Vec<String> {
     #[derive(PartialEq)]
     enum In {

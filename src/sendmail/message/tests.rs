@@ -93,15 +93,22 @@ fn a_missing_from_is_added_with_the_full_name() {
     );
     assert_eq!(
         m.recipients,
-        ["root"],
-        "a bare local part, as cron writes it"
+        ["root@host.test"],
+        "a bare local part, as cron writes it, is this host's"
     );
     assert!(text(&m).starts_with("From: Cron Daemon <site1@host.test>\r\n"));
+    // The null sender has no mailbox to name, whatever the full name.
     let m = prepared(&["-F", "Doe, John", "-f", "<>", "root"], "\n");
     assert!(
-        text(&m).starts_with("From: \"Doe, John\" <>\r\n"),
+        text(&m).starts_with("From: MAILER-DAEMON\r\n"),
         "{}",
         text(&m)
+    );
+    assert_eq!(m.sender, "");
+    let m = prepared(&["-f", "bounces", "a@x.test"], "\n");
+    assert_eq!(
+        m.sender, "bounces@host.test",
+        "a bare sender is this host's too"
     );
 }
 
