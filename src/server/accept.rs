@@ -1,7 +1,7 @@
 //! One session thread's accept loop, on a TCP or a Unix socket: the
 //! connection rate (per client address; a Unix socket's clients have none,
-//! and are held by `max_sessions` and their own recipient limits) and session
-//! limits (refused with a reply, never silently dropped), session ids, a Unix
+//! and are held by `max_sessions_per_user` instead), session limits (each
+//! refused with a reply, never silently dropped), session ids, a Unix
 //! client's peer credentials read at accept, and a pause while accepts fail
 //! (out of descriptors) instead of a spin.
 
@@ -30,6 +30,22 @@ pub(super) enum Socket {
 enum Accepted {
     Tcp(TcpStream, std::net::SocketAddr),
     Unix(UnixStream, PeerCred),
+}
+
+/// Who is at the other end, as the session's log lines name it.
+#[derive(Clone, Copy)]
+enum Client {
+    Tcp(std::net::SocketAddr),
+    Unix(PeerCred),
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Tcp(addr) => addr.fmt(f),
+            Client::Unix(cred) => cred.fmt(f),
+        }
+    }
 }
 
 impl Socket {
@@ -110,8 +126,8 @@ pub(super) async fn accept_loop(
         let rt = rx.borrow().clone();
         let protect = current(&services.protect);
         let client = match &accepted {
-            Accepted::Tcp(_, peer) => peer.to_string(),
-            Accepted::Unix(_, cred) => cred.to_string(),
+            Accepted::Tcp(_, peer) => Client::Tcp(*peer),
+            Accepted::Unix(_, cred) => Client::Unix(*cred),
         };
         let too_fast = match &accepted {
             Accepted::Tcp(_, peer) => !protect.allow_connection(ClientAddr::new(*peer)),
