@@ -105,10 +105,11 @@ pub fn unix_path_room(path: &Path) -> Option<usize> {
 /// directory (mode 0700, a random name) beside its path, given its mode,
 /// owner and group there, where nobody else can swap it for a link, then
 /// renamed into place: no client ever finds it with other permissions, and
-/// a restart never leaves the path missing for longer than the rename. A
-/// directory others may write to (and not sticky), or owned by someone
-/// other than root or mailbrake's user, is refused: whoever can write it
-/// could move the socket away.
+/// a stale file is replaced without a moment where the path is missing. A
+/// directory (or any directory above it) that someone else could rearrange
+/// is refused ([`trusted_dir`]): whoever can write there could move the
+/// socket away, or put a socket of their own at its path while mailbrake is
+/// stopped.
 pub fn bind_unix(cfg: &UnixBind) -> io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let path = &cfg.path;
@@ -156,24 +157,40 @@ pub fn bind_unix(cfg: &UnixBind) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Refuses a socket directory that someone else could rearrange.
+/// Refuses a socket directory that someone else could rearrange, as
+/// OpenSSH checks the paths it trusts: it and every directory above it must
+/// be root's or mailbrake's user's and writable by no one else. Above the
+/// socket's own directory, a sticky one (`/tmp`) may be writable by all:
+/// nobody can move what is not theirs out of it. The socket's own directory
+/// may not: anyone could put a socket at its path while mailbrake is
+/// stopped.
 fn trusted_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir)?;
+    let dir = dir.canonicalize()?;
     let me = nix::unistd::geteuid().as_raw();
-    let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-    if writable_by_others || (meta.uid() != 0 && meta.uid() != me) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "the socket's directory {} is owned by uid {} with mode {:o}: it must be \
-                 root's or mailbrake's, and not writable by others (systemd's \
-                 RuntimeDirectory=mailbrake makes such a directory)",
-                dir.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-        ));
+    for (depth, d) in dir.ancestors().enumerate() {
+        let meta = std::fs::metadata(d)?;
+        let open = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        let owned = meta.uid() == 0 || meta.uid() == me;
+        if !owned || (open && (depth == 0 || !sticky)) {
+            let what = if depth == 0 {
+                "the socket's directory"
+            } else {
+                "a directory above the socket's"
+            };
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{what}, {}, is owned by uid {} with mode {:o}: it must be root's or \
+                     mailbrake's, and not writable by others (systemd's \
+                     RuntimeDirectory=mailbrake makes such a directory)",
+                    d.display(),
+                    meta.uid(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -295,12 +312,29 @@ mod tests {
             assert!(e.to_string().contains("not writable by others"), "{e}");
             assert!(!cfg.path.exists());
         }
-        // Sticky, as /tmp: others cannot move what is not theirs.
+        // Sticky, as /tmp: others could still put a socket at the path.
         set(0o1777);
-        drop(bind_unix(&cfg).expect("a sticky directory"));
+        bind_unix(&cfg).expect_err("a sticky directory all may write to");
         set(0o755);
-        std::fs::remove_file(&cfg.path).unwrap();
         drop(bind_unix(&cfg).expect("mailbrake's own directory"));
+        // A directory above it that others may write to: they could rename
+        // this one away and put theirs in its place.
+        let outer = tempfile::tempdir().unwrap();
+        let inner = outer.path().join("mb");
+        std::fs::create_dir(&inner).unwrap();
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (mode, refused) in [(0o777, true), (0o1777, false), (0o755, false)] {
+            std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+            let got = bind_unix(&unix(&inner, 0o666));
+            assert_eq!(got.is_err(), refused, "above it {mode:o}: {got:?}");
+            if let Err(e) = got {
+                assert!(
+                    e.to_string().contains("a directory above the socket's"),
+                    "{e}"
+                );
+            }
+            let _ = std::fs::remove_file(inner.join("submit.sock"));
+        }
     }
 
     #[test]

@@ -92,10 +92,11 @@ impl Resolver {
         if let Some(peer) = conn.peer {
             return Ok(self.unix_peer(conn.client, peer).await);
         }
-        let wanted = self.transparent
-            || self.vhosts.by_uid()
-            || (self.by_user && host::is_own(conn.client.ip()));
-        let owner = if !conn.proxied && wanted {
+        let wanted = !conn.proxied
+            && (self.transparent
+                || self.vhosts.by_uid()
+                || (self.by_user && host::is_own(conn.client.ip())));
+        let owner = if wanted {
             owner::lookup(conn.client, conn.dialled).await
         } else {
             None

@@ -116,17 +116,23 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     }
     for field in &fields {
         if !field.name_is(BLIND) {
-            for line in &lines[field.lines.clone()] {
-                push_line(&mut data, line);
+            for (i, line) in lines[field.lines.clone()].iter().enumerate() {
+                let folded = i > 0 && !matches!(line.text.first(), Some(b' ' | b'\t'));
+                if folded {
+                    // The rest of a line a bare CR broke: folded, so that
+                    // it stays this field's.
+                    data.push(b' ');
+                }
+                push_line(&mut data, line.text);
             }
         }
     }
-    if body_at < lines.len() && !lines[body_at].is_empty() {
+    if body_at < lines.len() && !lines[body_at].text.is_empty() {
         // Headers end with an empty line, added where the input had none.
         push_line(&mut data, b"");
     }
     for line in &lines[body_at..] {
-        push_line(&mut data, line);
+        push_line(&mut data, line.text);
     }
     Ok(Message {
         sender,
@@ -135,18 +141,28 @@ pub fn prepare(input: &[u8], opts: &Options, ctx: &Context) -> Result<Message, M
     })
 }
 
-/// The input's lines, up to a lone `.` when `dot_ends`. The mbox `From `
-/// lines the input starts with (`>From ` too) are dropped, as Postfix's
-/// sendmail drops them: procmail and formail write one.
-fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
+/// One line of the input, without its end.
+#[derive(Debug, Clone, Copy)]
+struct Line<'a> {
+    text: &'a [u8],
+    /// It follows a bare CR, not a LF: in the header, the rest of the line
+    /// before it (a continuation), not a line of its own.
+    after_cr: bool,
+}
+
+/// The input's lines, up to a lone `.` when `dot_ends` (a whole line
+/// between LFs, as Postfix reads it: a `.` beside a bare CR is text). The
+/// mbox `From ` lines the input starts with (`>From ` too) are dropped, as
+/// Postfix's sendmail drops them: procmail and formail write one.
+fn lines(input: &[u8], dot_ends: bool) -> Vec<Line<'_>> {
     let mut out = Vec::new();
     let mut leading = true;
-    for line in split_lines(input) {
-        leading = leading && is_mbox_from(line);
+    for (line, whole) in split_lines(input) {
+        leading = leading && is_mbox_from(line.text);
         if leading {
             continue;
         }
-        if dot_ends && line == b"." {
+        if dot_ends && whole && line.text == b"." {
             break;
         }
         out.push(line);
@@ -156,14 +172,26 @@ fn lines(input: &[u8], dot_ends: bool) -> Vec<&[u8]> {
 
 /// The input's lines without their ends: a LF, with the CRs before it (as
 /// Postfix's sendmail strips them), or a bare CR. A bare CR is a line end
-/// for some readers, so it is one here too: the dot rules then hold for
-/// every line, and no CR is left that mailbrake's proxy (or an MTA) could
-/// read as the start of `CR . CR`. A last line without an end is kept.
-fn split_lines(input: &[u8]) -> impl Iterator<Item = &[u8]> {
+/// for some readers, so it is one here too: no CR is left that mailbrake's
+/// proxy (or an MTA) could read as the start of `CR . CR`, and every line
+/// is dot-stuffed on the wire as it should be. Each comes with whether it is
+/// a whole line between LFs. A last line without an end is kept.
+fn split_lines(input: &[u8]) -> impl Iterator<Item = (Line<'_>, bool)> {
     input.split_inclusive(|&b| b == b'\n').flat_map(|piece| {
         let piece = piece.strip_suffix(b"\n").unwrap_or(piece);
         let crs = piece.iter().rev().take_while(|&&b| b == b'\r').count();
-        piece[..piece.len() - crs].split(|&b| b == b'\r')
+        let piece = &piece[..piece.len() - crs];
+        let whole = !piece.contains(&b'\r');
+        piece
+            .split(|&b| b == b'\r')
+            .enumerate()
+            .map(move |(i, text)| {
+                let line = Line {
+                    text,
+                    after_cr: i > 0,
+                };
+                (line, whole)
+            })
     })
 }
 
@@ -185,10 +213,10 @@ impl Field {
     }
 
     /// The value, unfolded.
-    fn value(&self, lines: &[&[u8]]) -> String {
+    fn value(&self, lines: &[Line]) -> String {
         let mut v = String::new();
         for (i, line) in lines[self.lines.clone()].iter().enumerate() {
-            let text = String::from_utf8_lossy(line);
+            let text = String::from_utf8_lossy(line.text);
             let text = if i == 0 {
                 text.split_once(':').map_or("", |(_, v)| v).to_owned()
             } else {
@@ -202,15 +230,18 @@ impl Field {
 
 /// The header fields at the top of `lines`, and where the rest begins (the
 /// empty line after them, or the first line that is not a field).
-fn header_fields(lines: &[&[u8]]) -> (Vec<Field>, usize) {
+fn header_fields(lines: &[Line]) -> (Vec<Field>, usize) {
     let mut fields: Vec<Field> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
-        let continuation = matches!(line.first(), Some(b' ' | b'\t'));
+        // Folded, or the rest of a line a bare CR broke (not a field of its
+        // own: "From: Evil\rName <a@x>" is one From).
+        let continuation = matches!(line.text.first(), Some(b' ' | b'\t'))
+            || (line.after_cr && !line.text.is_empty() && field_name(line.text).is_none());
         if continuation && let Some(last) = fields.last_mut() {
             last.lines.end = i + 1;
             continue;
         }
-        match field_name(line) {
+        match field_name(line.text) {
             Some(name) => fields.push(Field {
                 name,
                 lines: i..i + 1,

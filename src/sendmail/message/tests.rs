@@ -273,15 +273,26 @@ fn line_ends() {
             false,
             &["line one", ".", "line two"],
         ),
-        (b"line one\r.\nline two\n", true, &["line one"]),
-        (b"a\n.\rb", true, &["a"]),
+        // A lone '.' ends the input only as a whole line between LFs.
+        (
+            b"line one\r.\nline two\n",
+            true,
+            &["line one", ".", "line two"],
+        ),
+        (b"a\n.\rb", true, &["a", ".", "b"]),
+        (b"a\n.\nb", true, &["a"]),
+        (
+            b"price 5\r.\rstill body\n",
+            true,
+            &["price 5", ".", "still body"],
+        ),
         (b"a\r..\rb", true, &["a", "..", "b"]),
         (b"From x\r>From y\rTo: z\r", true, &["To: z"]),
     ];
     for (input, dot_ends, want) in cases {
         let got: Vec<String> = lines(input, *dot_ends)
             .iter()
-            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .map(|l| String::from_utf8_lossy(l.text).into_owned())
             .collect();
         assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
     }
@@ -292,4 +303,22 @@ fn a_bare_cr_between_fields_does_not_hide_a_bcc() {
     let m = prepared(&["-t"], "To: a@x.test\rBcc: b@y.test\rSubject: s\r\rbody\r");
     assert_eq!(m.recipients, ["a@x.test", "b@y.test"]);
     assert!(text(&m).ends_with("\r\nTo: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"));
+}
+
+#[test]
+fn a_bare_cr_inside_a_header_value_does_not_end_the_headers() {
+    let m = prepared(
+        &["-t", "-i"],
+        "From: Evil\rName <site@x.test>\nTo: bob@y.test\nContent-Type: text/html\n\n<p>hi</p>\n",
+    );
+    assert_eq!(m.recipients, ["bob@y.test"]);
+    let t = text(&m);
+    assert!(
+        t.contains("From: Evil\r\n Name <site@x.test>\r\nTo: bob@y.test\r\nContent-Type: text/html\r\n\r\n<p>hi</p>\r\n"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("From: site1@host.test"),
+        "the From is the input's: {t}"
+    );
 }
