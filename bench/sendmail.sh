@@ -157,6 +157,7 @@ postfix -c "$pf/conf" start >/dev/null 2>&1 || { cat "$pf/log/postfix.log" >&2; 
 # === smtp-sink and mailbrake =================================================
 smtp-sink -u nobody -c 127.0.0.1:"$SINK" 1024 >"$work/sink.out" 2>&1 &
 pids+=($!)
+SINK_PID=$!
 
 mkdir -p "$work/run"
 chmod 0755 "$work/run"
@@ -184,6 +185,7 @@ upstream = "127.0.0.1:$SMTPD"
 EOF
 MAILBRAKE_LOG=${MAILBRAKE_LOG:-info} "$bin" run -c "$work/mailbrake.toml" 2>"$work/mailbrake.log" &
 pids+=($!)
+MB_PID=$!
 
 # Wait (bounded) until everything answers.
 for _ in $(seq 1 100); do
@@ -206,13 +208,17 @@ as_site() {
 }
 
 # The PHP loop: CALLS mail() calls, timed inside PHP (its own start-up is
-# not counted); prints "CALLS-THAT-RETURNED-TRUE SECONDS".
+# not counted); prints "CALLS-THAT-RETURNED-TRUE SECONDS CHILDREN-CPU-SECONDS",
+# the last the CPU time of what mail() ran (sh, the sendmail command and
+# what it runs: postdrop).
 # shellcheck disable=SC2016 # PHP's variables
 php_loop='$n = (int)$argv[1]; $ok = 0; $t0 = hrtime(true);
 for ($i = 1; $i <= $n; $i++) {
     if (mail("rcpt-$i@example.net", "bench $i", "Hello $i,\nthis is a benchmark.\n", "From: site@example.test")) $ok++;
 }
-printf("%d %.6f\n", $ok, (hrtime(true) - $t0) / 1e9);'
+$t = (hrtime(true) - $t0) / 1e9;
+$r = getrusage(1);
+printf("%d %.6f %.6f\n", $ok, $t, $r["ru_utime.tv_sec"] + $r["ru_stime.tv_sec"] + ($r["ru_utime.tv_usec"] + $r["ru_stime.tv_usec"]) / 1e6);'
 
 sendmail_path_for() {
     case $1 in
@@ -248,21 +254,47 @@ queue_empty() { [[ $(queued) -eq 0 ]]; }
 all_deferred() { [[ $(deferred) -eq $CALLS && $(queued) -eq $CALLS ]]; }
 sink_has() { [[ $(sunk) -ge $1 ]]; }
 
+# CPU seconds (user + system) used so far by process PID and its threads.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / hz}' "/proc/$1/stat"; }
+# CPU seconds used so far by Postfix's master and all its daemons: the
+# live ones' own, and the exited ones' that the master has reaped.
+postfix_cpu() {
+    local master
+    master=$(tr -d ' ' <"$pf/queue/pid/master.pid")
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$master" -v hz="$(getconf CLK_TCK)" '
+        { pid = $1; sub(/^.*\) /, "") }      # then $2 is the ppid, $12.. utime stime cutime cstime
+        pid == m || $2 == m { s += $12 + $13 + $14 + $15 }
+        END { printf "%.3f", s / hz }'
+}
+
 sunk_total=0
 # One PHP loop with sendmail_path NAME: its wall seconds to the file NAME,
-# for postfix also the seconds until all CALLS are in the queue (picked up)
-# to queued-NAME. Fails loudly unless every mail() returned true and the
-# MTA got every message.
+# the CPU seconds of the commands mail() ran to cpu-cmd-NAME, mailbrake's
+# to cpu-mb-NAME, the MTA's (smtp-sink's, or all of Postfix's daemons'
+# until the queue has settled) to cpu-mta-NAME; for smtpd and postfix also
+# the seconds until all CALLS are in the queue (picked up) to queued-NAME.
+# Fails loudly unless every mail() returned true and the MTA got every
+# message.
 run_php() {
-    local name=$1 out ok secs
+    local name=$1 out ok secs cmd_cpu mb0 mta0
+    mb0=$(cpu "$MB_PID")
+    case $name in
+        sink) mta0=$(cpu "$SINK_PID") ;;
+        *) mta0=$(postfix_cpu) ;;
+    esac
     out=$(as_site /usr/bin/php -d "sendmail_path=$(sendmail_path_for "$name")" -r "$php_loop" "$CALLS")
-    read -r ok secs <<<"$out"
+    read -r ok secs cmd_cpu <<<"$out"
     [[ $ok -eq $CALLS ]] || fail "$name: only $ok of $CALLS mail() calls returned true"
     echo "$secs" >>"$work/$name"
+    echo "$cmd_cpu" >>"$work/cpu-cmd-$name"
     case $name in
+        floor)
+            echo "$(postfix_cpu) - $mta0" | bc >>"$work/cpu-mta-$name"
+            ;;
         sink)
             sunk_total=$((sunk_total + CALLS))
             until_true 20 sink_has "$sunk_total" || fail "sink: smtp-sink counted $(sunk) messages, expected $sunk_total"
+            echo "$(cpu "$SINK_PID") - $mta0" | bc >>"$work/cpu-mta-$name"
             ;;
         smtpd | postfix)
             # The PHP loop's start, in PHP's clock, is not ours: measure the
@@ -273,10 +305,12 @@ run_php() {
             waited=$(echo "$(date +%s.%N) - $end" | bc)
             echo "$secs + $waited" | bc >>"$work/queued-$name"
             until_true 60 all_deferred || fail "$name: $(deferred) of $CALLS messages deferred"
+            echo "$(postfix_cpu) - $mta0" | bc >>"$work/cpu-mta-$name"
             postsuper -c "$pf/conf" -d ALL >/dev/null 2>&1
             until_true 20 queue_empty || fail "the queue did not empty"
             ;;
     esac
+    echo "$(cpu "$MB_PID") - $mb0" | bc >>"$work/cpu-mb-$name"
 }
 
 # Start-up: CALLS runs of a command from a bash loop, as the site, in the
@@ -314,6 +348,9 @@ ms_per_call() { echo "$1 * 1000 / $CALLS" | bc -l; }
 for f in floor sink smtpd postfix queued-smtpd queued-postfix startup-true startup-mailbrake startup-postfix; do
     : >"$work/$f"
 done
+for name in floor sink smtpd postfix; do
+    for f in cpu-cmd cpu-mb cpu-mta; do : >"$work/$f-$name"; done
+done
 for r in $(seq 1 "$ROUNDS"); do
     for name in floor sink smtpd postfix; do run_php "$name"; done
     for name in "${STARTUP[@]}"; do run_startup "$name"; done
@@ -337,6 +374,19 @@ row "\`cat >/dev/null\` (the floor: popen, sh, exec)" "$f"
 row "\`mailbrake sendmail\` → mailbrake → smtp-sink" "$s"
 row "\`mailbrake sendmail\` → mailbrake → Postfix smtpd (queued)" "$d" "$(printf %.2f "$qd")"
 row "Postfix \`sendmail\` → postdrop (maildrop; pickup queues)" "$p" "$(printf %.2f "$qp")"
+echo
+echo "| CPU per call (ms), medians | commands mail() ran (sh, sendmail, postdrop) | mailbrake | MTA (smtp-sink, or all Postfix's daemons until the queue settled) | total |"
+echo "|---|--:|--:|--:|--:|"
+crow() { # label name
+    local c m t
+    c=$(median <"$work/cpu-cmd-$2"); m=$(median <"$work/cpu-mb-$2"); t=$(median <"$work/cpu-mta-$2")
+    printf '| %s | %.2f | %.2f | %.2f | %.2f |\n' "$1" "$(ms_per_call "$c")" "$(ms_per_call "$m")" "$(ms_per_call "$t")" \
+        "$(ms_per_call "$(echo "$c + $m + $t" | bc)")"
+}
+crow "\`cat >/dev/null\`" floor
+crow "\`mailbrake sendmail\` → smtp-sink" sink
+crow "\`mailbrake sendmail\` → Postfix smtpd" smtpd
+crow "Postfix \`sendmail\`" postfix
 echo
 t=$(median <"$work/startup-true"); m=$(median <"$work/startup-mailbrake"); q=$(median <"$work/startup-postfix")
 echo "| start-up, $CALLS runs from a bash loop as nobody | per call (ms) | above \`/bin/true\` (ms) |"
