@@ -261,7 +261,8 @@ cpu() { awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%.3f", ($12 
 postfix_cpu() {
     local master
     master=$(tr -d ' ' <"$pf/queue/pid/master.pid")
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$master" -v hz="$(getconf CLK_TCK)" '
+    # (processes come and go while cat reads: a vanished one is no error)
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v m="$master" -v hz="$(getconf CLK_TCK)" '
         { pid = $1; sub(/^.*\) /, "") }      # then $2 is the ppid, $12.. utime stime cutime cstime
         pid == m || $2 == m { s += $12 + $13 + $14 + $15 }
         END { printf "%.3f", s / hz }'
