@@ -24,7 +24,9 @@
 # /etc/postfix is never changed.
 #
 # Runs alternate (floor, sink, smtpd, postfix, floor, …), ROUNDS of each,
-# and medians and ratios are printed as Markdown tables. After every run
+# and medians and ratios are printed as Markdown tables, with the CPU time
+# per call of the commands mail() ran, of mailbrake and of the MTA (all of
+# Postfix's daemons until its queue settled). After every run
 # the script checks that each mail() returned true and that the MTA got
 # CALLS messages (smtp-sink's counter; the files in Postfix's queue), waits
 # for Postfix's queue manager to settle and empties the queue.
@@ -36,7 +38,8 @@
 # Needs root (Postfix starts as root; setpriv, unshare, mount), Debian's
 # postfix (smtp-sink, sendmail, postdrop, postsuper), php-cli and
 # util-linux. Everything listens on 127.0.0.1 and Postfix relays nowhere:
-# every transport is error:, and error is deferred. MAILBRAKE_BIN skips the
+# every transport is "nowhere" (Postfix's error(8) under another name), and
+# it is deferred, so every message stays queued. MAILBRAKE_BIN skips the
 # release build; it must be readable and executable by nobody.
 set -euo pipefail
 
