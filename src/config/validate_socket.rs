@@ -1,7 +1,7 @@
 //! A listener's `bind`: a TCP address, or `unix:PATH` with the socket file's
 //! `socket_mode`, `socket_owner` and `socket_group`; and what a Unix socket
-//! listener cannot be asked for (TLS, PROXY headers, the original
-//! destination of a REDIRECT).
+//! listener cannot be asked for (TLS, AUTH, PROXY headers either way,
+//! XCLIENT, the original destination of a REDIRECT).
 
 use std::path::PathBuf;
 
