@@ -55,18 +55,6 @@ fn php_as(uid: u32, sendmail_path: &str, code: &str) -> String {
     stdout
 }
 
-/// `text` with every line ending in CRLF (PHP writes LF or CRLF).
-fn crlf(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + text.len() / 32);
-    for (i, &b) in text.iter().enumerate() {
-        if b == b'\n' && (i == 0 || text[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
 /// The header lines of `message` that start with `name:` (any case).
 fn header<'a>(message: &'a [u8], name: &str) -> Vec<&'a str> {
     let text = std::str::from_utf8(message).unwrap_or("");

@@ -6,12 +6,12 @@
 // Tests time themselves on the real clock.
 #![allow(clippy::disallowed_methods)]
 
+mod common;
 #[path = "../src/sendmail/fake_mta.rs"]
 mod fake_mta;
 
-use std::io::Write;
 use std::os::unix::net::UnixListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fake_mta::{Answer, FakeMta, Heard, accepting, reply};
@@ -29,21 +29,9 @@ fn subcommand(args: &[&str]) -> Command {
 }
 
 /// Runs `cmd` with `input` on its standard input: the exit status and stderr.
-fn run(mut cmd: Command, input: &[u8]) -> (i32, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mailbrake");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap().expect("write the message");
-    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
-    let status = out.status.code().expect("exited, not killed");
-    (status, String::from_utf8(out.stderr).unwrap())
+fn run(cmd: Command, input: &[u8]) -> (i32, String) {
+    let ran = common::local::submit(cmd, input);
+    (ran.code(), ran.stderr)
 }
 
 const PHP_MESSAGE: &[u8] = b"To: Alice <alice@example.test>\n\
